@@ -1,0 +1,118 @@
+"""What every experiment entry point shares: flags, the config they build, error exits.
+
+Flags stop here: `config_from_flags()` turns them into an `ExperimentConfig`, and the
+experiments' `run(cfg)` functions never read flags.
+"""
+import dataclasses
+import json
+import os
+import platform
+import sys
+
+from absl import app, flags, logging
+
+from ncg_jax import data, recipes
+from ncg_jax.registry import ConfigError
+from ncg_jax.train.checkpoint import CheckpointError
+from ncg_jax.train.trainer import TrainConfig, TrainingDiverged
+
+flags.DEFINE_string("dataset", "digitswo9", "<base> or <base>wo<k>, e.g. digitswo9.")
+flags.DEFINE_string("model", "cnn002", "Network for pixel space (see ncg_jax.models).")
+flags.DEFINE_string("losses", "ce", "Comma-separated training losses, e.g. ce.")
+flags.DEFINE_string("workdir", "workdir", "Where runs (checkpoints) and results live.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's own, "
+                    "which honours TFDS_DATA_DIR).")
+flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and dropout.")
+flags.DEFINE_integer("epochs", None, "Training epochs (default: the dataset's recipe).")
+flags.DEFINE_integer("batch_size", None, "Training batch size (default: recipe).")
+flags.DEFINE_float("lr", None, "Learning rate (default: recipe).")
+flags.DEFINE_string("optimizer", None, "sgd or adam (default: recipe).")
+flags.DEFINE_string("nn_backend", "auto", "Nearest-neighbour backend: auto, faiss or jax.")
+
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  dataset: str
+  model: str
+  losses: tuple[str, ...]
+  workdir: str
+  data_dir: str | None
+  seed: int
+  nn_backend: str
+  pixel: TrainConfig
+  feature: TrainConfig
+  flags: dict
+
+
+def _override(cfg: TrainConfig, **kw) -> TrainConfig:
+  kw = {k: v for k, v in kw.items() if v is not None}
+  if "epochs" in kw and "milestones" not in kw:  # keep the schedule's shape: x0.1 at the same fractions
+    kw["milestones"] = tuple(round(m * kw["epochs"] / cfg.epochs) for m in cfg.milestones)
+  return dataclasses.replace(cfg, **kw)
+
+
+def config_from_flags() -> ExperimentConfig:
+  from ncg_jax import models, neighbors
+  from ncg_jax.train import losses, optim
+  base, _ = data.parse_name(FLAGS.dataset)
+  models.MODELS.lookup(FLAGS.model)
+  loss_names = tuple(s.strip() for s in FLAGS.losses.split(",") if s.strip())
+  if not loss_names:
+    raise ConfigError(f"--losses is empty; valid: {', '.join(losses.LOSSES.names())}")
+  for name in loss_names:
+    losses.LOSSES.lookup(name)
+  if FLAGS.optimizer is not None:
+    optim.OPTIMIZERS.lookup(FLAGS.optimizer)
+  neighbors.resolve_backend(FLAGS.nn_backend)
+  for name in ("epochs", "batch_size"):
+    if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
+      raise ConfigError(f"--{name} must be at least 1")
+  common = dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
+                optimizer=FLAGS.optimizer, seed=FLAGS.seed)
+  return ExperimentConfig(
+      dataset=FLAGS.dataset, model=FLAGS.model, losses=loss_names, workdir=FLAGS.workdir,
+      data_dir=FLAGS.data_dir, seed=FLAGS.seed, nn_backend=FLAGS.nn_backend,
+      pixel=_override(recipes.pixel(base), **common),
+      feature=_override(recipes.feature(base), **common),
+      flags=own_flags())
+
+
+def own_flags() -> dict:
+  """The values of the flags defined by the experiments (not absl's own)."""
+  return {f.name: f.value for module, fs in FLAGS.flags_by_module_dict().items()
+          if module.startswith("experiments") or module == sys.argv[0] for f in fs}
+
+
+def versions() -> dict:
+  import flax
+  import jax
+  import numpy
+  import optax
+  import ncg_jax
+  return {"ncg_jax": ncg_jax.__version__, "jax": jax.__version__, "flax": flax.__version__,
+          "optax": optax.__version__, "numpy": numpy.__version__,
+          "python": platform.python_version(), "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()]}
+
+
+def write_json(path: str, obj) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=1, allow_nan=True)
+
+
+def run(main) -> None:
+  """app.run with user errors as one line on stderr: bad input exits 2, a failed run 1."""
+  def wrapped(argv):
+    logging.set_verbosity(logging.WARNING)  # keep library INFO chatter (orbax, faiss) out
+    try:
+      main(argv)
+    except ConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except (CheckpointError, TrainingDiverged) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+  app.run(wrapped)

@@ -1,0 +1,120 @@
+"""The main job: NCG in pixel and feature space for every loss.
+
+python -m experiments.ncg --dataset=digitswo9 --model=cnn002 [--losses=ce] [--space=both]
+
+For each loss it trains (or reuses) the pixel-space network and, in feature space, an MLP
+head on the natural (`ce`) network's penultimate features; finds every OOD and ID-test
+input's nearest training input (exact L2); and writes to <workdir>/<dataset>/<model>/seed<s>/:
+results.json, ncg_table.md, ncg_<space>_<run>.npz and ncg_vs_distance.png.
+"""
+import os
+import time
+
+import numpy as np
+from absl import flags
+
+from experiments import common
+from ncg_jax import data, ncg, neighbors, plots, runs
+from ncg_jax.inference import logits_and_features
+from ncg_jax.registry import ConfigError
+
+flags.DEFINE_enum("space", "both", ["pixel", "feature", "both"], "Where to search neighbours.")
+FLAGS = flags.FLAGS
+
+NATURAL = "ce"
+
+
+def _pixels(x: np.ndarray) -> np.ndarray:
+  return x.reshape(len(x), -1).astype(np.float32) / 255.0
+
+
+def table(results: dict) -> str:
+  rows = ["| space | run | test acc | NCG (OOD) | χ² p (1/K) | chance (class freq) | χ² p (class freq) | ID NCG | mean NN dist |",
+          "|---|---|---|---|---|---|---|---|---|"]
+  for space, by_run in results["spaces"].items():
+    for run, r in by_run.items():
+      o = r["ood"]
+      rows.append(
+          f"| {space} | {run} | {r['test_accuracy']:.3f} | {o['ncg']:.3f} | "
+          f"{o['chisquare_uniform']['pvalue']:.2e} | {o['chisquare_class_frequency']['chance_match_rate']:.3f} | "
+          f"{o['chisquare_class_frequency']['pvalue']:.2e} | {r['id']['ncg']:.3f} | {o['mean_nn_dist']:.3f} |")
+  return "\n".join(rows)
+
+
+def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], log=print) -> dict:
+  t_start = time.perf_counter()
+  ds = data.load(cfg.dataset, cfg.data_dir)
+  if ds.ood is None:
+    raise ConfigError(f"--dataset={cfg.dataset} holds no class out; NCG needs <base>wo<k>")
+  out_dir = os.path.join(cfg.workdir, cfg.dataset, cfg.model, f"seed{cfg.seed}")
+  log(f"{cfg.dataset}: {len(ds.train)} train, {len(ds.test)} test, {len(ds.ood)} OOD "
+      f"(class {ds.held_out}), K={ds.num_classes}")
+  train_kw = dict(workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model,
+                  num_classes=ds.num_classes)
+  pixel_runs = {loss: runs.train_or_load(space="pixel", loss=loss, data=ds.train,
+                                         cfg=cfg.pixel, **train_kw)
+                for loss in dict.fromkeys(([NATURAL] if "feature" in spaces else []) +
+                                          (list(cfg.losses) if "pixel" in spaces else []))}
+
+  results = {"flags": cfg.flags, "versions": common.versions(),
+             "dataset": {"name": ds.name, "held_out": ds.held_out, "num_classes": ds.num_classes,
+                         "train": len(ds.train), "test": len(ds.test), "ood": len(ds.ood),
+                         "label_map": "new = old if old < k else old - 1"},
+             "nn_backend": neighbors.resolve_backend(cfg.nn_backend), "spaces": {}}
+  curves = {}
+  for space in spaces:
+    if space == "pixel":
+      db, test_q, ood_q = _pixels(ds.train.x), _pixels(ds.test.x), _pixels(ds.ood.x)
+      models = pixel_runs
+    else:
+      natural = pixel_runs[NATURAL]
+      db, test_q, ood_q = (logits_and_features(natural, x)[1]
+                           for x in (ds.train.x, ds.test.x, ds.ood.x))
+      feature_data = data.Split(db, ds.train.y)
+      models = {loss: runs.train_or_load(space="feature", loss=loss, data=feature_data,
+                                         cfg=cfg.feature, **train_kw) for loss in cfg.losses}
+    t0 = time.perf_counter()
+    ood_dist, ood_idx = neighbors.nearest(db, ood_q, k=1, backend=cfg.nn_backend)
+    _, test_idx = neighbors.nearest(db, test_q, k=1, backend=cfg.nn_backend)
+    ood_nn_y, test_nn_y = ds.train.y[ood_idx[:, 0]], ds.train.y[test_idx[:, 0]]
+    log(f"[{space}] nearest neighbours of {len(ood_q)} OOD and {len(test_q)} test inputs "
+        f"among {len(db)} ({time.perf_counter() - t0:.1f}s)")
+    results["spaces"][space], curves[space] = {}, {}
+    for loss, trained in models.items():
+      if loss not in cfg.losses:
+        continue
+      ood_pred = logits_and_features(trained, ood_q if space == "feature" else ds.ood.x)[0].argmax(-1)
+      test_pred = logits_and_features(trained, test_q if space == "feature" else ds.test.x)[0].argmax(-1)
+      summary = ncg.summarize(ood_pred, ood_nn_y, ood_dist[:, 0], ds.num_classes)
+      results["spaces"][space][loss] = {
+          "test_accuracy": float(np.mean(test_pred == ds.test.y)),
+          "ood": summary,
+          "id": {"ncg": ncg.ncg_score(test_pred, test_nn_y)},
+      }
+      curves[space][loss] = summary["ncg_vs_distance"]
+      os.makedirs(out_dir, exist_ok=True)
+      np.savez_compressed(
+          os.path.join(out_dir, f"ncg_{space}_{loss}.npz"),
+          train_x=ds.train.x if space == "pixel" else db, train_y=ds.train.y,
+          ood_x=ds.ood.x if space == "pixel" else ood_q, ood_y_original=ds.ood.y,
+          ood_pred=ood_pred, nn_index=ood_idx[:, 0], nn_dist=ood_dist[:, 0],
+          test_pred=test_pred, test_nn_index=test_idx[:, 0])
+  results["seconds"] = time.perf_counter() - t_start
+  md = table(results)
+  common.write_json(os.path.join(out_dir, "results.json"), results)
+  with open(os.path.join(out_dir, "ncg_table.md"), "w") as f:
+    f.write(f"# NCG on {cfg.dataset} ({cfg.model}, seed {cfg.seed})\n\n{md}\n")
+  plots.ncg_vs_distance(curves, os.path.join(out_dir, "ncg_vs_distance.png"),
+                        f"{cfg.dataset}, {cfg.model}")
+  log("\n" + md + f"\n\nwrote {out_dir}/{{results.json, ncg_table.md, ncg_vs_distance.png, *.npz}}")
+  return results
+
+
+def main(argv):
+  del argv
+  spaces = runs.SPACES if FLAGS.space == "both" else (FLAGS.space,)
+  run(common.config_from_flags(), spaces)
+
+
+if __name__ == "__main__":
+  common.run(main)

@@ -1,0 +1,31 @@
+"""Train one model with one loss: `python -m experiments.train --dataset=digitswo9
+--model=cnn002 --loss=ce --workdir=DIR`. Resumes from the latest checkpoint in its run dir."""
+from absl import flags
+
+from experiments import common
+from ncg_jax import data, runs
+
+flags.DEFINE_string("loss", "ce", "Training loss.")
+flags.DEFINE_enum("space", "pixel", ["pixel"], "Pixel space only; feature-space heads are "
+                  "trained by experiments.ncg on the natural network's features.")
+FLAGS = flags.FLAGS
+
+
+def run(cfg: common.ExperimentConfig) -> None:
+  ds = data.load(cfg.dataset, cfg.data_dir)
+  trained = runs.train_or_load(
+      workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model, space="pixel",
+      loss=cfg.losses[0], data=ds.train, num_classes=ds.num_classes, cfg=cfg.pixel)
+  from ncg_jax.inference import logits_and_features
+  logits, _ = logits_and_features(trained, ds.test.x)
+  print(f"test accuracy: {(logits.argmax(-1) == ds.test.y).mean():.4f} on {len(ds.test)} images")
+
+
+def main(argv):
+  del argv
+  FLAGS.losses = FLAGS.loss
+  run(common.config_from_flags())
+
+
+if __name__ == "__main__":
+  common.run(main)

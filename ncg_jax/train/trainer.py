@@ -1,0 +1,145 @@
+"""The training loop: one jit-compiled step, per-epoch checkpoints, exact resume.
+
+`train(model, data, cfg, run_dir)` trains `model` on `data` (a `Split` of uint8 images or
+float features) and returns a `Trained` model. The data order and the dropout keys are
+functions of (seed, epoch, step), and the optimizer state is checkpointed after every
+epoch, so a run resumed from its latest checkpoint ends with exactly the parameters of an
+uninterrupted run.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ncg_jax import models
+from ncg_jax.data import Split, train_batches
+from ncg_jax.registry import ConfigError
+from ncg_jax.train import checkpoint, losses, optim
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  loss: str = "ce"
+  optimizer: str = "sgd"
+  lr: float = 0.01
+  momentum: float = 0.9
+  batch_size: int = 128
+  epochs: int = 70
+  milestones: tuple[int, ...] = (40, 50, 60)
+  seed: int = 0
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def to_input(x: jnp.ndarray) -> jnp.ndarray:
+  """uint8 images -> float32 in [0, 1]; features pass through as float32."""
+  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+
+
+def make_forward(model: nn.Module) -> Callable:
+  """forward(params, model_state, x, train, key) -> (logits, new_model_state)."""
+  def forward(params, model_state, x, train: bool = False, key=None):
+    variables = {"params": params, **model_state}
+    if not train:
+      return model.apply(variables, x, train=False)[0], model_state
+    mutable = list(model_state) or False
+    out = model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=mutable)
+    (logits, _), new_state = out if mutable else (out, model_state)
+    return logits, new_state
+  return forward
+
+
+@dataclasses.dataclass
+class Trained:
+  model: nn.Module
+  params: Any
+  model_state: dict
+
+  def variables(self) -> dict:
+    return {"params": self.params, **self.model_state}
+
+  def logits_fn(self) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """Eval-mode x (float, [0,1] pixels or features) -> logits, for attacks and detectors."""
+    return lambda x: self.model.apply(self.variables(), x, train=False)[0]
+
+
+def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation):
+  forward = make_forward(model)
+
+  def step(state, x, y, key):
+    def objective(params):
+      return loss_fn(forward, params, state["model_state"], to_input(x), y, key)
+    (loss, (model_state, logits)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    acc = jnp.mean(jnp.argmax(logits, -1) == y)
+    return {"params": params, "model_state": model_state, "opt": opt}, (loss, acc)
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def _check_config(run_dir: str, cfg: TrainConfig, extra: dict) -> None:
+  path = os.path.join(run_dir, "config.json")
+  record = {**dataclasses.asdict(cfg), **extra}
+  record["milestones"] = list(record["milestones"])
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    diff = [k for k in record if k != "epochs" and old.get(k) != record[k]]
+    if diff:
+      raise ConfigError(
+          f"{run_dir} holds a run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
+          "use another --workdir or delete that run")
+  os.makedirs(run_dir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(record, f, indent=1)
+
+
+def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
+          loss_cfg: Any = None, log: Callable[[str], None] = print) -> Trained:
+  _check_config(run_dir, cfg, {"model": type(model).__name__, "num_examples": len(data)})
+  root = jax.random.key(cfg.seed)
+  params, model_state = models.init(model, root, to_input(jnp.asarray(data.x[:1])))
+  steps = train_batches(len(data), cfg.batch_size, cfg.seed, 0).shape[0]
+  tx = optim.make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.milestones, steps)
+  state = {"params": params, "model_state": model_state, "opt": tx.init(params)}
+
+  mngr = checkpoint.manager(os.path.join(run_dir, "checkpoints"))
+  start = mngr.latest_step() or 0
+  if start:
+    state = checkpoint.restore(mngr, start, state)
+    if start >= cfg.epochs:
+      if start > cfg.epochs:
+        log(f"  note: reusing the checkpoint at epoch {start} (> --epochs={cfg.epochs})")
+      return Trained(model, state["params"], state["model_state"])
+    log(f"  resuming {run_dir} from epoch {start}")
+
+  step_fn = make_train_step(model, losses.make_loss(cfg.loss, loss_cfg), tx)
+  for epoch in range(start, cfg.epochs):
+    t0 = time.perf_counter()
+    epoch_key = jax.random.fold_in(root, epoch)
+    metrics = []
+    for i, idx in enumerate(train_batches(len(data), cfg.batch_size, cfg.seed, epoch)):
+      state, m = step_fn(state, data.x[idx], data.y[idx], jax.random.fold_in(epoch_key, i))
+      metrics.append(m)
+    loss, acc = (np.asarray(v) for v in jax.device_get(tuple(zip(*metrics))))
+    if not np.all(np.isfinite(loss)):
+      bad = int(np.flatnonzero(~np.isfinite(loss))[0])
+      raise TrainingDiverged(
+          f"{cfg.loss} loss is not finite at epoch {epoch + 1}, step {bad + 1}; stopped. "
+          f"The last good checkpoint (epoch {epoch}) is kept in {run_dir}.")
+    checkpoint.save(mngr, epoch + 1, state)
+    log(f"  epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss.mean():.4f}  "
+        f"acc {acc.mean():.3f}  {time.perf_counter() - t0:.1f}s")
+  mngr.wait_until_finished()
+  return Trained(model, state["params"], state["model_state"])

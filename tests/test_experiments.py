@@ -1,0 +1,62 @@
+"""End to end through the real entry points, in subprocesses, on the embedded digits."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_module
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dataset=cifar10wo0"], "not yet available"),
+    (["--dataset=digitswo10"], "valid: 0..9"),
+    (["--dataset=bogus"], "unknown dataset"),
+    (["--model=resnet9000"], "valid: cnn002"),
+    (["--losses=ce,hinge"], "unknown loss 'hinge'; valid: ce"),
+])
+def test_bad_input_exits_2_with_one_line(args, msg, data_dir, tmp_path):
+  p = run_module("experiments.ncg", *args, f"--data_dir={data_dir}", f"--workdir={tmp_path}")
+  assert p.returncode == 2, p.stderr
+  err = [l for l in p.stderr.strip().splitlines() if l.strip()]
+  assert len(err) == 1 and err[0].startswith("error:") and msg in err[0], p.stderr
+  assert "Traceback" not in p.stderr
+
+
+def test_ncg_end_to_end_and_reproducible(data_dir, tmp_path):
+  args = ["--dataset=digitswo9", "--model=cnn002", "--epochs=2", f"--data_dir={data_dir}"]
+  results = []
+  for name in ("a", "b"):
+    p = run_module("experiments.ncg", *args, f"--workdir={tmp_path / name}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "| pixel | ce |" in p.stdout and "| feature | ce |" in p.stdout
+    out = tmp_path / name / "digitswo9" / "cnn002" / "seed0"
+    for f in ("results.json", "ncg_table.md", "ncg_vs_distance.png", "ncg_pixel_ce.npz",
+              "ncg_feature_ce.npz"):
+      assert (out / f).exists(), f
+    with open(out / "results.json") as f:
+      results.append(json.load(f))
+    npz = np.load(out / "ncg_pixel_ce.npz")  # no pickle needed (allow_pickle defaults False)
+    assert {"train_x", "train_y", "ood_x", "ood_pred", "nn_index", "nn_dist"} <= set(npz.files)
+    assert npz["train_x"].shape == (1294, 28, 28, 1) and npz["ood_x"].shape == (180, 28, 28, 1)
+    # the stored figure is the one recomputed from the stored arrays
+    ncg = np.mean(npz["ood_pred"] == npz["train_y"][npz["nn_index"]])
+    assert abs(ncg - results[-1]["spaces"]["pixel"]["ce"]["ood"]["ncg"]) < 1e-12
+  a, b = results
+  assert a["flags"]["seed"] == 0 and a["versions"]["jax"]
+  assert a["spaces"] == b["spaces"]  # same seed, same numbers
+
+
+def test_train_entry_point_resumes_an_interrupted_run(data_dir, tmp_path):
+  import shutil
+  args = ["--dataset=digitswo9", "--loss=ce", "--epochs=2", f"--data_dir={data_dir}",
+          f"--workdir={tmp_path}"]
+  p = run_module("experiments.train", *args)
+  assert p.returncode == 0, p.stderr[-3000:]
+  acc = p.stdout.strip().splitlines()[-1]
+  # simulate an interruption after epoch 1: drop the epoch-2 checkpoint, rerun the command
+  shutil.rmtree(tmp_path / "digitswo9" / "cnn002" / "seed0" / "pixel" / "ce" / "checkpoints" / "2")
+  p = run_module("experiments.train", *args)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "resuming" in p.stdout and "epoch   2/2" in p.stdout and "epoch   1/2" not in p.stdout
+  assert p.stdout.strip().splitlines()[-1] == acc  # same final model

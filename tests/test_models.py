@@ -1,0 +1,51 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncg_jax import models
+from ncg_jax.models.layers import max_pool_2x2
+
+
+def test_cnn002_shapes_and_parameter_count():
+  model = models.create("cnn002", 9)
+  params, state = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  assert state == {}
+  n = sum(p.size for p in jax.tree.leaves(params))
+  convs = (9 * 1 * 32 + 32) + (9 * 32 * 32 + 32) + (9 * 32 * 64 + 64) + (9 * 64 * 64 + 64)
+  fcs = (1024 * 200 + 200) + (200 * 200 + 200) + (200 * 9 + 9)
+  assert n == convs + fcs
+  assert params["fc1"]["kernel"].shape == (1024, 200)  # 64 x 4 x 4 after two pools
+  np.testing.assert_array_equal(params["head"]["kernel"], 0.0)  # zero-initialised last layer
+  logits, feats = model.apply({"params": params}, jnp.ones((3, 28, 28, 1)))
+  assert logits.shape == (3, 9) and feats.shape == (3, 200)
+
+
+def test_intermediates_are_sown():
+  model = models.create("cnn002", 9)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  _, inter = model.apply({"params": params}, jnp.ones((2, 28, 28, 1)), mutable=["intermediates"])
+  shapes = {k: v[0].shape for k, v in inter["intermediates"].items()}
+  assert shapes == {"block1": (2, 12, 12, 32), "block2": (2, 4, 4, 64),
+                    "conv_features": (2, 1024)}
+
+
+def test_dropout_only_in_train_mode():
+  model = models.create("cnn002", 9)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+  a = model.apply({"params": params}, x, train=False)[1]
+  b = model.apply({"params": params}, x, train=False)[1]
+  np.testing.assert_array_equal(a, b)
+  c = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(2)})[1]
+  assert not np.allclose(a, c)
+
+
+def test_max_pool_matches_flax_values_and_gradient():
+  x = jax.random.normal(jax.random.key(0), (3, 8, 6, 5))  # continuous: no ties
+  ref = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+  np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
+  w = jax.random.normal(jax.random.key(1), (3, 4, 3, 5))
+  g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * w))(x)
+  g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
+  np.testing.assert_array_equal(g, g_ref)

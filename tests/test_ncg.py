@@ -1,0 +1,55 @@
+import numpy as np
+from scipy import stats
+
+from ncg_jax import ncg
+
+
+def test_ncg_score():
+  assert ncg.ncg_score(np.array([0, 1, 2, 3]), np.array([0, 1, 0, 0])) == 0.5
+
+
+def test_chisquare_uniform_matches_the_hand_formula():
+  rng = np.random.default_rng(0)
+  pred, nn = rng.integers(0, 9, 500), rng.integers(0, 9, 500)
+  pred[:100] = nn[:100]
+  m = int((pred == nn).sum())
+  n, K = 500, 9
+  exp = np.array([n * (K - 1) / K, n / K])
+  chi2 = ((n - m) - exp[0]) ** 2 / exp[0] + (m - exp[1]) ** 2 / exp[1]
+  res = ncg.chisquare_uniform(pred, nn, K)
+  np.testing.assert_allclose(res["statistic"], chi2, rtol=1e-12)
+  np.testing.assert_allclose(res["pvalue"], stats.chi2.sf(chi2, df=1), rtol=1e-10)
+  # the paper's call, verbatim in form: chisquare(bincount(match), [N(K-1)/K, N/K])
+  paper = stats.chisquare(np.bincount(pred == nn), [n * (K - 1) / K, n / K])
+  np.testing.assert_allclose(res["pvalue"], paper.pvalue, rtol=1e-10)
+
+
+def test_class_frequency_null():
+  # predictions and neighbours both always class 0: chance agreement is 1, and a perfect
+  # match is exactly what chance predicts (statistic 0), while the 1/K null calls it extreme
+  pred = np.zeros(50, int)
+  nn = np.zeros(50, int)
+  nn[:5] = 1
+  p_pred = np.array([1.0, 0.0, 0.0])
+  p_nn = np.array([45, 5, 0]) / 50
+  assert ncg.chance_agreement(pred, nn, 3) == np.dot(p_pred, p_nn)
+  res = ncg.chisquare_class_frequency(pred, nn, 3)
+  assert abs(res["chance_match_rate"] - 0.9) < 1e-12
+  assert res["statistic"] < 1e-9 and res["pvalue"] > 0.99
+  assert ncg.chisquare_uniform(pred, nn, 3)["pvalue"] < 1e-9
+
+
+def test_ncg_vs_distance_equal_count_bins():
+  rng = np.random.default_rng(0)
+  dist = rng.random(103)
+  match = dist < 0.5  # NCG falls with distance
+  pred = np.where(match, 1, 2)
+  nn = np.ones(103, int)
+  out = ncg.ncg_vs_distance(pred, nn, dist, n_bins=5)
+  order = np.argsort(dist)
+  ref_bins = np.array_split(order, 5)
+  assert out["count"] == [len(b) for b in ref_bins]
+  np.testing.assert_allclose(out["mean"], [match[b].mean() for b in ref_bins])
+  np.testing.assert_allclose(out["sem"], [stats.sem(match[b].astype(float)) for b in ref_bins])
+  assert out["mean"][0] == 1.0 and out["mean"][-1] == 0.0
+  assert all(lo <= hi for lo, hi in zip(out["dist_lo"], out["dist_hi"]))

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from ncg_jax import neighbors
+
+
+def brute_force(db, q, k):
+  d = np.sqrt(((q[:, None, :].astype(np.float64) - db[None].astype(np.float64)) ** 2).sum(-1))
+  idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(d, idx, 1), idx
+
+
+@pytest.mark.parametrize("backend", ["faiss", "jax"])
+@pytest.mark.parametrize("k", [1, 5])
+def test_against_numpy_brute_force(backend, k):
+  rng = np.random.default_rng(0)
+  db = rng.normal(size=(1000, 37)).astype(np.float32)
+  q = rng.normal(size=(130, 37)).astype(np.float32)
+  dist, idx = neighbors.nearest(db, q, k=k, backend=backend, query_block=64, db_block=300)
+  ref_d, ref_i = brute_force(db, q, k)
+  np.testing.assert_array_equal(idx, ref_i)
+  np.testing.assert_allclose(dist, ref_d, rtol=1e-5)
+  assert dist.dtype == np.float32 and idx.dtype == np.int64
+
+
+def test_images_are_flattened_and_exact_duplicates_have_distance_zero():
+  rng = np.random.default_rng(1)
+  db = rng.random((50, 4, 4, 1)).astype(np.float32)
+  for backend in ("faiss", "jax"):
+    dist, idx = neighbors.nearest(db, db[[3, 7, 11]], backend=backend)
+    np.testing.assert_array_equal(idx[:, 0], [3, 7, 11])
+    np.testing.assert_allclose(dist[:, 0], 0.0, atol=1e-6)
+
+
+def test_bad_arguments():
+  db = np.zeros((5, 3), np.float32)
+  with pytest.raises(ValueError):
+    neighbors.nearest(db, np.zeros((2, 4)), k=1)
+  with pytest.raises(ValueError):
+    neighbors.nearest(db, np.zeros((2, 3)), k=6)
+  with pytest.raises(ValueError, match="valid"):
+    neighbors.nearest(db, np.zeros((2, 3)), backend="annoy")

@@ -1,0 +1,87 @@
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ncg_jax import data, models
+from ncg_jax.train import checkpoint
+from ncg_jax.train.trainer import TrainConfig, TrainingDiverged, make_train_step, train
+
+CFG = TrainConfig(batch_size=64, epochs=2, milestones=(1,), lr=0.05)
+
+
+def small(digits9, n=256):
+  return data.Split(digits9.train.x[:n], digits9.train.y[:n])
+
+
+def leaves(trained):
+  return [np.asarray(x) for x in jax.tree.leaves(trained.params)]
+
+
+def test_resume_equals_uninterrupted_run(digits9, tmp_path):
+  split = small(digits9)
+  model = models.create("cnn002", 9)
+  full = train(model, split, CFG, str(tmp_path / "full"), log=lambda s: None)
+  train(model, split, dataclasses.replace(CFG, epochs=1), str(tmp_path / "resumed"),
+        log=lambda s: None)
+  msgs = []
+  resumed = train(model, split, CFG, str(tmp_path / "resumed"), log=msgs.append)
+  assert any("resuming" in m for m in msgs)
+  for a, b in zip(leaves(full), leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  # training moved the parameters (the test above is not vacuous)
+  fresh, _ = models.init(model, jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+  assert not np.allclose(np.asarray(fresh["fc1"]["kernel"]), np.asarray(full.params["fc1"]["kernel"]))
+
+
+def test_train_step_compiles_once(digits9):
+  import optax
+  from ncg_jax.train import losses
+  model = models.create("cnn002", 9)
+  params, state = models.init(model, jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+  traces = []
+  ce = losses.make_loss("ce")
+
+  def counting_loss(*args):
+    traces.append(1)
+    return ce(*args)
+
+  tx = optax.sgd(0.01)
+  step = make_train_step(model, counting_loss, tx)
+  s = {"params": params, "model_state": state, "opt": tx.init(params)}
+  for epoch in range(2):
+    for i, idx in enumerate(data.train_batches(256, 32, 0, epoch)):
+      s, _ = step(s, digits9.train.x[idx], digits9.train.y[idx], jax.random.key(i))
+  assert len(traces) == 1
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(digits9, tmp_path):
+  split = data.Split(np.random.default_rng(0).normal(size=(256, 20)).astype(np.float32),
+                     digits9.train.y[:256])
+  model = models.create("mlp", 9)
+  run = str(tmp_path / "run")
+  good = train(model, split, dataclasses.replace(CFG, epochs=1), run, log=lambda s: None)
+  bad = data.Split(np.full_like(split.x, np.nan), split.y)
+  with pytest.raises(TrainingDiverged, match="epoch 2"):
+    train(model, bad, CFG, run, log=lambda s: None)
+  mngr = checkpoint.manager(os.path.join(run, "checkpoints"))
+  assert mngr.latest_step() == 1
+  reloaded = train(model, split, dataclasses.replace(CFG, epochs=1), run, log=lambda s: None)
+  for a, b in zip(leaves(good), leaves(reloaded)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_unreadable_checkpoint_is_an_error_not_a_retrain(digits9, tmp_path):
+  split = data.Split(np.random.default_rng(0).normal(size=(128, 20)).astype(np.float32),
+                     digits9.train.y[:128])
+  model = models.create("mlp", 9)
+  run = tmp_path / "run"
+  train(model, split, dataclasses.replace(CFG, epochs=1), str(run), log=lambda s: None)
+  for root, _, files in os.walk(run / "checkpoints" / "1"):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"garbage")
+  with pytest.raises(checkpoint.CheckpointError, match="cannot read checkpoint"):
+    train(model, split, CFG, str(run), log=lambda s: None)

@@ -11,10 +11,14 @@ import sys
 
 from absl import app, flags, logging
 
-from ncg_jax import data, recipes
-from ncg_jax.registry import ConfigError
-from ncg_jax.train.checkpoint import CheckpointError
-from ncg_jax.train.trainer import TrainConfig, TrainingDiverged
+from ncg_jax import xla_cpu
+
+xla_cpu.configure()  # before any JAX computation: see ncg_jax/xla_cpu.py
+
+from ncg_jax import data, recipes  # noqa: E402
+from ncg_jax.registry import ConfigError  # noqa: E402
+from ncg_jax.train.checkpoint import CheckpointError  # noqa: E402
+from ncg_jax.train.trainer import TrainConfig, TrainingDiverged  # noqa: E402
 
 flags.DEFINE_string("dataset", "digitswo9", "<base> or <base>wo<k>, e.g. digitswo9.")
 flags.DEFINE_string("model", "cnn002", "Network for pixel space (see ncg_jax.models).")

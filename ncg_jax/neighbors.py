@@ -75,44 +75,52 @@ def _faiss_search(db: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
-def _block_topk(q_QxD, db_NxBxD, db_sq_NxB, k: int):
-  """Scans database blocks, keeping the running k smallest squared distances per query."""
+def _block_topk(q_QxD, db_NxBxD, n_valid, k: int):
+  """Scans database blocks, keeping the running k smallest squared distances per query.
+  Rows at or past `n_valid` are padding and never selected."""
   q_sq = jnp.sum(q_QxD * q_QxD, axis=1, keepdims=True)
+  block = db_NxBxD.shape[1]
 
-  def body(carry, block):
+  def body(carry, xs):
     best_d, best_i = carry
-    db_BxD, db_sq_B, offset = block
-    d = q_sq - 2.0 * jnp.dot(q_QxD, db_BxD.T, precision=lax.Precision.HIGHEST) + db_sq_B
+    db_BxD, offset = xs
+    db_sq = jnp.where(offset + jnp.arange(block) < n_valid, jnp.sum(db_BxD * db_BxD, axis=1), jnp.inf)
+    d = q_sq - 2.0 * jnp.dot(q_QxD, db_BxD.T, precision=lax.Precision.HIGHEST) + db_sq
     neg, i = lax.top_k(-d, k)
     all_d = jnp.concatenate([best_d, -neg], axis=1)
     all_i = jnp.concatenate([best_i, i + offset], axis=1)
     neg, sel = lax.top_k(-all_d, k)
     return (-neg, jnp.take_along_axis(all_i, sel, axis=1)), None
 
-  n_blocks, block = db_sq_NxB.shape
   init = (jnp.full((q_QxD.shape[0], k), jnp.inf, q_QxD.dtype),
           jnp.zeros((q_QxD.shape[0], k), jnp.int32))
-  offsets = jnp.arange(n_blocks, dtype=jnp.int32) * block
-  (_, idx), _ = lax.scan(body, init, (db_NxBxD, db_sq_NxB, offsets))
+  offsets = jnp.arange(db_NxBxD.shape[0], dtype=jnp.int32) * block
+  (_, idx), _ = lax.scan(body, init, (db_NxBxD, offsets))
   return idx
+
+
+def _balanced(n: int, max_block: int) -> tuple[int, int]:
+  """(number of blocks, block size) covering n rows with blocks of at most max_block rows
+  and the least padding (block size rounded up to a multiple of 8)."""
+  n_blocks = -(-n // max_block)
+  block = -(-n // n_blocks)
+  return n_blocks, -(-block // 8) * 8
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+  return a if len(a) == rows else np.concatenate([a, np.zeros((rows - len(a), a.shape[1]), a.dtype)])
 
 
 def _jax_search(db: np.ndarray, q: np.ndarray, k: int, query_block: int,
                 db_block: int) -> np.ndarray:
   n, d = db.shape
-  n_blocks = -(-n // db_block)
-  pad = n_blocks * db_block - n
-  db_p = np.concatenate([db, np.zeros((pad, d), np.float32)])
-  sq = np.sum(db_p.astype(np.float64) ** 2, axis=1).astype(np.float32)
-  sq[n:] = np.inf  # padding rows are never nearest
-  db_j = jnp.asarray(db_p.reshape(n_blocks, db_block, d))
-  sq_j = jnp.asarray(sq.reshape(n_blocks, db_block))
-  query_block = min(query_block, len(q))
+  n_blocks, db_block = _balanced(n, db_block)
+  db_j = jnp.asarray(_pad_rows(db, n_blocks * db_block).reshape(n_blocks, db_block, d))
+  _, query_block = _balanced(len(q), query_block)
   out = np.empty((len(q), k), np.int64)
   for s in range(0, len(q), query_block):
     chunk = q[s:s + query_block]
-    rows = len(chunk)
-    if rows < query_block:  # pad so every call has one shape (one compilation)
-      chunk = np.concatenate([chunk, np.zeros((query_block - rows, d), np.float32)])
-    out[s:s + rows] = np.asarray(_block_topk(jnp.asarray(chunk), db_j, sq_j, k))[:rows]
+    # every call has one shape (one compilation): the last chunk is padded
+    idx = _block_topk(jnp.asarray(_pad_rows(chunk, query_block)), db_j, n, k)
+    out[s:s + len(chunk)] = np.asarray(idx)[:len(chunk)]
   return out

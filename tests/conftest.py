@@ -2,6 +2,10 @@ import os
 
 import pytest
 
+from ncg_jax import xla_cpu
+
+xla_cpu.configure()  # the same XLA:CPU setting as the entry points
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):

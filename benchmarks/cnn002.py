@@ -1,0 +1,152 @@
+"""CNN002 speed, ncg_jax vs PyTorch (same network, same weights, same batch), and
+nearest-neighbour queries/s for the faiss and JAX backends beside numpy brute force.
+
+python -m benchmarks.cnn002 [--batch 128] [--threads 2]
+"""
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks.common import row, setting, timeit
+from ncg_jax import models, neighbors
+from ncg_jax.train import losses
+from ncg_jax.train.trainer import make_train_step
+
+
+def torch_cnn002(params, num_classes):
+  import torch
+  from torch import nn
+
+  class Net(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.c1, self.c2 = nn.Conv2d(1, 32, 3), nn.Conv2d(32, 32, 3)
+      self.c3, self.c4 = nn.Conv2d(32, 64, 3), nn.Conv2d(64, 64, 3)
+      self.f1, self.f2, self.head = nn.Linear(1024, 200), nn.Linear(200, 200), nn.Linear(200, num_classes)
+      self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+      r = torch.relu
+      x = nn.functional.max_pool2d(r(self.c2(r(self.c1(x)))), 2)
+      x = nn.functional.max_pool2d(r(self.c4(r(self.c3(x)))), 2)
+      x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # NHWC flatten order, as Flax
+      return self.head(r(self.f2(self.drop(r(self.f1(x))))))
+
+  net = Net()
+  with torch.no_grad():
+    for name, mod in [("conv1", net.c1), ("conv2", net.c2), ("conv3", net.c3), ("conv4", net.c4)]:
+      mod.weight.copy_(torch.from_numpy(np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1).copy()))
+      mod.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"])))
+    for name, mod in [("fc1", net.f1), ("fc2", net.f2), ("head", net.head)]:
+      mod.weight.copy_(torch.from_numpy(np.asarray(params[name]["kernel"]).T.copy()))
+      mod.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"])))
+  return net
+
+
+def model_rows(batch: int, repeat: int):
+  import torch
+  k = 9
+  model = models.create("cnn002", k)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  # a non-zero head so gradients reach every layer in both frameworks
+  params = jax.tree.map(lambda p: p, params)
+  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, k))
+  rng = np.random.default_rng(0)
+  x_np = rng.random((batch, 28, 28, 1), dtype=np.float32)
+  y_np = rng.integers(0, k, batch)
+  x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+
+  fwd = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
+  def ce(p, x):
+    return losses.cross_entropy(model.apply({"params": p}, x)[0], y).mean()
+  grad_p = jax.jit(jax.grad(ce))
+  grad_x = jax.jit(jax.grad(ce, argnums=1))
+  tx = optax.sgd(0.01, momentum=0.9)
+  step = make_train_step(model, losses.make_loss("ce"), tx)
+  state = {"params": params, "model_state": {}, "opt": tx.init(params)}
+  key = jax.random.key(0)
+  def jax_step():
+    nonlocal state
+    state, m = step(state, x, y, key)
+    return m
+
+  net = torch_cnn002(params, k)
+  xt = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
+  yt = torch.from_numpy(y_np)
+  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+  lossf = torch.nn.CrossEntropyLoss()
+  with torch.no_grad():
+    net.eval()
+    err = float(np.abs(net(xt).numpy() - np.asarray(fwd(params, x))).max())
+
+  def t_fwd():
+    net.eval()
+    with torch.no_grad():
+      return net(xt)
+  def t_grad_p():
+    net.eval(); net.zero_grad()
+    lossf(net(xt), yt).backward()
+  def t_grad_x():
+    net.eval()
+    xg = xt.clone().requires_grad_(True)
+    for p in net.parameters():
+      p.requires_grad_(False)
+    lossf(net(xg), yt).backward()
+    for p in net.parameters():
+      p.requires_grad_(True)
+  def t_step():
+    net.train(); opt.zero_grad()
+    lossf(net(xt), yt).backward()
+    opt.step()
+
+  tj = {"forward": timeit(fwd, params, x, repeat=repeat),
+        "forward+backward (params)": timeit(grad_p, params, x, repeat=repeat),
+        "forward+backward (input)": timeit(grad_x, params, x, repeat=repeat),
+        "train step": timeit(jax_step, repeat=repeat)}
+  tt = {"forward": timeit(t_fwd, repeat=repeat), "forward+backward (params)": timeit(t_grad_p, repeat=repeat),
+        "forward+backward (input)": timeit(t_grad_x, repeat=repeat), "train step": timeit(t_step, repeat=repeat)}
+  print(f"\nCNN002, batch {batch}, identical weights (max |logit diff| {err:.1e}), "
+        f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)\n{setting()}\n")
+  print(row("figure", "ncg_jax img/s", "PyTorch img/s", "ncg_jax / PyTorch", "ncg_jax x forward", "PyTorch x forward"))
+  print(row(*["---"] * 6))
+  for name in tj:
+    print(row(name, f"{batch / tj[name]:,.0f}", f"{batch / tt[name]:,.0f}", f"{tt[name] / tj[name]:.2f}",
+              f"{tj[name] / tj['forward']:.1f}", f"{tt[name] / tt['forward']:.1f}"))
+
+
+def nn_rows(n_db: int, n_q: int, dim: int):
+  rng = np.random.default_rng(0)
+  db = rng.random((n_db, dim), dtype=np.float32)
+  q = rng.random((n_q, dim), dtype=np.float32)
+  def brute():
+    d = (q ** 2).sum(1)[:, None] - 2 * q @ db.T + (db ** 2).sum(1)[None]
+    return d.argmin(1)
+  t = {"numpy brute force": timeit(brute, repeat=3, warmup=1)}
+  for backend in ("faiss", "jax"):
+    t[backend] = timeit(lambda: neighbors.nearest(db, q, backend=backend), repeat=3, warmup=1)
+  print(f"\nexact 1-NN, database {n_db} x {dim}, {n_q} queries\n")
+  print(row("backend", "queries/s", "vs numpy"))
+  print(row("---", "---", "---"))
+  for name, s in t.items():
+    print(row(name, f"{n_q / s:,.0f}", f"{t['numpy brute force'] / s:.2f}"))
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__)
+  ap.add_argument("--batch", type=int, default=128)
+  ap.add_argument("--repeat", type=int, default=10)
+  ap.add_argument("--threads", type=int, default=os.cpu_count())
+  args = ap.parse_args()
+  import torch
+  torch.set_num_threads(args.threads)
+  model_rows(args.batch, args.repeat)
+  nn_rows(50_000, 2_000, 784)
+
+
+if __name__ == "__main__":
+  main()

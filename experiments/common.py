@@ -18,11 +18,13 @@ xla_cpu.configure()  # before any JAX computation: see ncg_jax/xla_cpu.py
 from ncg_jax import data, recipes  # noqa: E402
 from ncg_jax.registry import ConfigError  # noqa: E402
 from ncg_jax.train.checkpoint import CheckpointError  # noqa: E402
+from ncg_jax.train.losses import AttackConfig  # noqa: E402
 from ncg_jax.train.trainer import TrainConfig, TrainingDiverged  # noqa: E402
 
 flags.DEFINE_string("dataset", "digitswo9", "<base> or <base>wo<k>, e.g. digitswo9.")
 flags.DEFINE_string("model", "cnn002", "Network for pixel space (see ncg_jax.models).")
-flags.DEFINE_string("losses", "ce", "Comma-separated training losses, e.g. ce.")
+flags.DEFINE_string("losses", "ce,trades6,advce",
+                    "Comma-separated training losses: ce, trades<beta> (e.g. trades6), advce.")
 flags.DEFINE_string("workdir", "workdir", "Where runs (checkpoints) and results live.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's own, "
                     "which honours TFDS_DATA_DIR).")
@@ -32,6 +34,10 @@ flags.DEFINE_integer("batch_size", None, "Training batch size (default: recipe).
 flags.DEFINE_float("lr", None, "Learning rate (default: recipe).")
 flags.DEFINE_string("optimizer", None, "sgd or adam (default: recipe).")
 flags.DEFINE_string("nn_backend", "auto", "Nearest-neighbour backend: auto, faiss or jax.")
+flags.DEFINE_string("norm", "l2", "Threat model of the robust losses: l2 or linf.")
+flags.DEFINE_float("eps", 2.0, "Radius of the robust losses' perturbation ball.")
+flags.DEFINE_integer("attack_steps", 10, "Inner maximisation steps of the robust losses.")
+flags.DEFINE_float("attack_step_size", None, "Inner step size (default 2 * eps / steps).")
 
 FLAGS = flags.FLAGS
 
@@ -47,6 +53,7 @@ class ExperimentConfig:
   nn_backend: str
   pixel: TrainConfig
   feature: TrainConfig
+  attack: AttackConfig  # pixel space; feature space drops the [0, 1] box
   flags: dict
 
 
@@ -80,6 +87,8 @@ def config_from_flags() -> ExperimentConfig:
       data_dir=FLAGS.data_dir, seed=FLAGS.seed, nn_backend=FLAGS.nn_backend,
       pixel=_override(recipes.pixel(base), **common),
       feature=_override(recipes.feature(base), **common),
+      attack=AttackConfig(norm=FLAGS.norm, eps=FLAGS.eps, steps=FLAGS.attack_steps,
+                          step_size=FLAGS.attack_step_size),
       flags=own_flags())
 
 

@@ -50,7 +50,7 @@ def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], log=print) -> dic
   log(f"{cfg.dataset}: {len(ds.train)} train, {len(ds.test)} test, {len(ds.ood)} OOD "
       f"(class {ds.held_out}), K={ds.num_classes}")
   train_kw = dict(workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model,
-                  num_classes=ds.num_classes)
+                  num_classes=ds.num_classes, attack=cfg.attack)
   pixel_runs = {loss: runs.train_or_load(space="pixel", loss=loss, data=ds.train,
                                          cfg=cfg.pixel, **train_kw)
                 for loss in dict.fromkeys(([NATURAL] if "feature" in spaces else []) +

@@ -22,11 +22,13 @@ def run_dir(workdir: str, dataset: str, model: str, seed: int, space: str, run: 
 
 
 def train_or_load(*, workdir: str, dataset: str, model_name: str, space: str, loss: str,
-                  data: Split, num_classes: int, cfg: TrainConfig, loss_cfg=None,
+                  data: Split, num_classes: int, cfg: TrainConfig, attack=None,
                   log=print) -> Trained:
   cfg = dataclasses.replace(cfg, loss=loss)
   arch = model_name if space == "pixel" else "mlp"
+  if attack is not None and space == "feature":
+    attack = dataclasses.replace(attack, clip=None)  # features are unbounded
   directory = run_dir(workdir, dataset, model_name, cfg.seed, space,
-                      losses.run_name(loss, loss_cfg))
+                      losses.run_name(loss, attack))
   log(f"[{space}/{loss}] {arch} on {len(data)} examples -> {directory}")
-  return train(models.create(arch, num_classes), data, cfg, directory, loss_cfg=loss_cfg, log=log)
+  return train(models.create(arch, num_classes), data, cfg, directory, attack=attack, log=log)

@@ -2,6 +2,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ncg_jax import models
 from ncg_jax.models.layers import max_pool_2x2
@@ -49,3 +50,21 @@ def test_max_pool_matches_flax_values_and_gradient():
   g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * w))(x)
   g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
   np.testing.assert_array_equal(g, g_ref)
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_conv2d_matches_lax_values_and_both_gradients(padding):
+  from jax import lax
+  from ncg_jax.models.layers import conv2d
+  jax.config.update("jax_default_matmul_precision", "highest")
+  x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), padding,
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(conv2d(x, w, padding), ref(x, w), rtol=1e-5, atol=1e-5)
+  dy = jax.random.normal(jax.random.key(2), ref(x, w).shape)
+  ours = jax.vjp(lambda a, b: conv2d(a, b, padding), x, w)[1](dy)
+  theirs = jax.vjp(ref, x, w)[1](dy)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  jax.config.update("jax_default_matmul_precision", None)

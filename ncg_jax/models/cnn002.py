@@ -8,7 +8,7 @@ zero-initialised last layer, as `lolip/models/torch_utils/archs/__init__.py` of 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ncg_jax.models.layers import max_pool_2x2
+from ncg_jax.models.layers import Conv, max_pool_2x2
 
 
 class CNN002(nn.Module):
@@ -17,8 +17,8 @@ class CNN002(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxHxWxC, train: bool = False):
-    conv = lambda f, name: nn.Conv(f, (3, 3), padding="VALID", name=name, dtype=self.dtype,
-                                   kernel_init=nn.initializers.kaiming_normal())
+    conv = lambda f, name: Conv(f, (3, 3), padding="VALID", name=name, dtype=self.dtype,
+                                kernel_init=nn.initializers.kaiming_normal())
     x = x_BxHxWxC.astype(self.dtype)
     x = nn.relu(conv(32, "conv1")(x))
     x = nn.relu(conv(32, "conv2")(x))

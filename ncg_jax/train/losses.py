@@ -3,15 +3,48 @@
 A loss is `loss_fn(forward, params, model_state, x, y, key) -> (loss, (model_state, logits))`
 where `forward(params, model_state, x, train, key) -> (logits, model_state)` runs the model
 in train mode (dropout on, BatchNorm on batch statistics and updated) or eval mode.
-`make_loss(name, cfg)` builds one; `cfg` carries attack settings for the robust losses.
+`make_loss(name, attack)` builds one; `attack` (an `AttackConfig`) sets the inner
+maximisation of the robust losses, which always runs on the eval-mode model (BatchNorm on
+running statistics, never updated), as TRADES and the NCG paper's code do.
+
+  ce           cross-entropy.
+  trades<beta> TRADES (Zhang et al., ICML 2019): CE(f(x), y) + beta * KL(p(x) || p(x_adv)),
+               x_adv maximising that KL from x + 0.001 N(0, 1); gradients flow through both
+               branches (the clean distribution is not detached).
+  advce        PGD adversarial training (Madry et al., ICLR 2018): CE on PGD examples only,
+               true labels, random start.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 
-from ncg_jax.registry import Registry
+from ncg_jax.attacks.pgd import NORMS, ascend, random_start
+from ncg_jax.registry import ConfigError, Registry
 
 LOSSES = Registry("loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+  """The inner maximisation of robust losses. Defaults follow the NCG paper: L2, eps 2,
+  10 steps of size 2 * eps / steps (0.4 at eps 2)."""
+  norm: str = "l2"
+  eps: float = 2.0
+  steps: int = 10
+  step_size: float | None = None
+  clip: tuple[float, float] | None = (0.0, 1.0)  # None for unbounded inputs (features)
+
+  def __post_init__(self):
+    if self.norm not in NORMS:
+      raise ConfigError(f"unknown norm '{self.norm}'; valid: {', '.join(NORMS)}")
+    if self.eps <= 0 or self.steps < 1:
+      raise ConfigError("--eps must be positive and --attack_steps at least 1")
+
+  @property
+  def alpha(self) -> float:
+    return self.step_size if self.step_size is not None else 2.0 * self.eps / self.steps
 
 
 def cross_entropy(logits_BxK: jnp.ndarray, y_B: jnp.ndarray) -> jnp.ndarray:
@@ -19,19 +52,70 @@ def cross_entropy(logits_BxK: jnp.ndarray, y_B: jnp.ndarray) -> jnp.ndarray:
   return optax.softmax_cross_entropy_with_integer_labels(logits_BxK, y_B)
 
 
+def kl_softmax(p_logits: jnp.ndarray, q_logits: jnp.ndarray) -> jnp.ndarray:
+  """Per-example KL(softmax(p_logits) || softmax(q_logits))."""
+  log_p = jax.nn.log_softmax(p_logits)
+  return jnp.sum(jnp.exp(log_p) * (log_p - jax.nn.log_softmax(q_logits)), axis=-1)
+
+
+def _eval_logits(forward, params, model_state):
+  return lambda xa: forward(params, model_state, xa, train=False)[0]
+
+
 @LOSSES.register("ce")
-def make_ce(cfg=None):
+def make_ce(attack: AttackConfig | None = None):
   def loss_fn(forward, params, model_state, x, y, key):
     logits, model_state = forward(params, model_state, x, train=True, key=key)
     return cross_entropy(logits, y).mean(), (model_state, logits)
   return loss_fn
 
 
-def make_loss(name: str, cfg=None):
-  return LOSSES.get(name, cfg=cfg)
+@LOSSES.register("trades<beta>")
+def make_trades(beta: str, attack: AttackConfig | None = None):
+  beta, a = float(beta), attack or AttackConfig()
+
+  def loss_fn(forward, params, model_state, x, y, key):
+    k_init, k_nat, k_adv = jax.random.split(key, 3)
+    f_eval = _eval_logits(forward, jax.lax.stop_gradient(params), model_state)
+    p_clean = jax.lax.stop_gradient(f_eval(x))
+    x_start = x + 0.001 * jax.random.normal(k_init, x.shape, x.dtype)
+    x_adv = jax.lax.stop_gradient(ascend(lambda xa: kl_softmax(p_clean, f_eval(xa)), x, x_start,
+                                         eps=a.eps, norm=a.norm, steps=a.steps,
+                                         step_size=a.alpha, clip=a.clip))
+    logits, model_state = forward(params, model_state, x, train=True, key=k_nat)
+    logits_adv, model_state = forward(params, model_state, x_adv, train=True, key=k_adv)
+    loss = cross_entropy(logits, y).mean() + beta * kl_softmax(logits, logits_adv).mean()
+    return loss, (model_state, logits)
+  return loss_fn
 
 
-def run_name(name: str, cfg=None) -> str:
-  """The directory name of a run: the loss name, plus the attack settings it depends on."""
-  LOSSES.lookup(name)
-  return name
+@LOSSES.register("advce")
+def make_advce(attack: AttackConfig | None = None):
+  a = attack or AttackConfig()
+
+  def loss_fn(forward, params, model_state, x, y, key):
+    k_start, k_drop = jax.random.split(key)
+    f_eval = _eval_logits(forward, jax.lax.stop_gradient(params), model_state)
+    x_adv = jax.lax.stop_gradient(ascend(
+        lambda xa: cross_entropy(f_eval(xa), y), x, random_start(k_start, x, a.eps, a.norm, a.clip),
+        eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.alpha, clip=a.clip))
+    logits, model_state = forward(params, model_state, x_adv, train=True, key=k_drop)
+    return cross_entropy(logits, y).mean(), (model_state, logits)
+  return loss_fn
+
+
+def is_robust(name: str) -> bool:
+  return LOSSES.lookup(name)[0] is not make_ce
+
+
+def make_loss(name: str, attack: AttackConfig | None = None):
+  return LOSSES.get(name, attack=attack)
+
+
+def run_name(name: str, attack: AttackConfig | None = None) -> str:
+  """The directory name of a run: the loss name, plus norm and eps for robust losses, so
+  `trades6` at eps 2 and at eps 4 live side by side."""
+  if not is_robust(name):
+    return name
+  a = attack or AttackConfig()
+  return f"{name}-{a.norm}-eps{a.eps:g}"

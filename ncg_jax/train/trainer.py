@@ -7,6 +7,7 @@ epoch, so a run resumed from its latest checkpoint ends with exactly the paramet
 uninterrupted run.
 """
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -58,6 +59,15 @@ def make_forward(model: nn.Module) -> Callable:
   return forward
 
 
+def _eval_logits(model: nn.Module, variables: dict, x: jnp.ndarray) -> jnp.ndarray:
+  return model.apply(variables, x, train=False)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_fn(model: nn.Module) -> Callable:
+  return functools.partial(_eval_logits, model)  # one object per architecture: jit cache hits
+
+
 @dataclasses.dataclass
 class Trained:
   model: nn.Module
@@ -67,9 +77,11 @@ class Trained:
   def variables(self) -> dict:
     return {"params": self.params, **self.model_state}
 
-  def logits_fn(self) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """Eval-mode x (float, [0,1] pixels or features) -> logits, for attacks and detectors."""
-    return lambda x: self.model.apply(self.variables(), x, train=False)[0]
+  def logits_fn(self) -> jax.tree_util.Partial:
+    """Eval-mode x (float, [0,1] pixels or features) -> logits, for attacks and detectors.
+    A `Partial` whose leaves are the variables: jit traces them instead of baking them in,
+    and one compiled attack serves every model of the same architecture."""
+    return jax.tree_util.Partial(_eval_fn(self.model), self.variables())
 
 
 def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation):
@@ -90,8 +102,7 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
 
 def _check_config(run_dir: str, cfg: TrainConfig, extra: dict) -> None:
   path = os.path.join(run_dir, "config.json")
-  record = {**dataclasses.asdict(cfg), **extra}
-  record["milestones"] = list(record["milestones"])
+  record = json.loads(json.dumps({**dataclasses.asdict(cfg), **extra}))  # as JSON reads back
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
@@ -106,8 +117,12 @@ def _check_config(run_dir: str, cfg: TrainConfig, extra: dict) -> None:
 
 
 def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
-          loss_cfg: Any = None, log: Callable[[str], None] = print) -> Trained:
-  _check_config(run_dir, cfg, {"model": type(model).__name__, "num_examples": len(data)})
+          attack: losses.AttackConfig | None = None,
+          log: Callable[[str], None] = print) -> Trained:
+  extra = {"model": type(model).__name__, "num_examples": len(data)}
+  if losses.is_robust(cfg.loss):
+    extra["attack"] = dataclasses.asdict(attack or losses.AttackConfig())
+  _check_config(run_dir, cfg, extra)
   root = jax.random.key(cfg.seed)
   params, model_state = models.init(model, root, to_input(jnp.asarray(data.x[:1])))
   steps = train_batches(len(data), cfg.batch_size, cfg.seed, 0).shape[0]
@@ -124,7 +139,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
       return Trained(model, state["params"], state["model_state"])
     log(f"  resuming {run_dir} from epoch {start}")
 
-  step_fn = make_train_step(model, losses.make_loss(cfg.loss, loss_cfg), tx)
+  step_fn = make_train_step(model, losses.make_loss(cfg.loss, attack), tx)
   for epoch in range(start, cfg.epochs):
     t0 = time.perf_counter()
     epoch_key = jax.random.fold_in(root, epoch)

@@ -1,0 +1,69 @@
+"""Projected gradient ascent in an L2 or Linf ball (Madry et al. 2018), and PGD on CE.
+
+`ascend` is the shared core: TRADES's inner maximisation (ncg_jax/train/losses.py) and
+`pgd` differ only in the objective and the starting point.
+"""
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+NORMS = ("l2", "linf")
+_TINY = 1e-12
+
+
+def _per_example_norm(v: jnp.ndarray) -> jnp.ndarray:
+  return jnp.sqrt(jnp.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True) + _TINY)
+
+
+def project(delta: jnp.ndarray, eps, norm: str) -> jnp.ndarray:
+  """Per-example projection of `delta` onto the eps-ball of `norm`."""
+  if norm == "linf":
+    return jnp.clip(delta, -eps, eps)
+  if norm == "l2":
+    return delta * jnp.minimum(1.0, eps / _per_example_norm(delta))
+  raise ValueError(f"unknown norm '{norm}'; valid: {', '.join(NORMS)}")
+
+
+def steepest_step(g: jnp.ndarray, norm: str) -> jnp.ndarray:
+  """The unit-norm ascent direction for `g`: sign (Linf) or g/||g|| per example (L2)."""
+  return jnp.sign(g) if norm == "linf" else g / _per_example_norm(g)
+
+
+def _clip(x, clip):
+  return x if clip is None else jnp.clip(x, clip[0], clip[1])
+
+
+def ascend(objective: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray,
+           x_start: jnp.ndarray, *, eps, norm: str, steps: int, step_size,
+           clip: tuple[float, float] | None = (0.0, 1.0)) -> jnp.ndarray:
+  """`steps` ascent steps on sum(objective(x_adv)) (objective: per-example values), each
+  followed by projection onto the eps-ball around `x` and clipping to `clip`. Examples
+  are independent as long as `objective` is (an eval-mode model)."""
+  grad = jax.grad(lambda xa: jnp.sum(objective(xa)))
+
+  def body(_, x_adv):
+    x_adv = x_adv + step_size * steepest_step(grad(x_adv), norm)
+    return _clip(x + project(x_adv - x, eps, norm), clip)
+
+  return lax.fori_loop(0, steps, body, x_start)
+
+
+def random_start(key: jax.Array, x: jnp.ndarray, eps, norm: str, clip=(0.0, 1.0)) -> jnp.ndarray:
+  """Uniform in the Linf box of radius eps, projected onto the ball (for L2 this lands on or
+  near the sphere, as the NCG paper's code), then clipped."""
+  delta = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * eps
+  return _clip(x + project(delta, eps, norm), clip)
+
+
+def pgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, *, eps, norm: str, steps: int,
+        step_size, key: jax.Array | None = None,
+        clip: tuple[float, float] | None = (0.0, 1.0)) -> jnp.ndarray:
+  """Untargeted PGD maximising the cross-entropy of the true labels `y`; random start when
+  `key` is given. Returns x_adv with ||x_adv - x|| <= eps per example, inside `clip`."""
+  x_start = x if key is None else random_start(key, x, eps, norm, clip)
+  ce = lambda xa: optax.softmax_cross_entropy_with_integer_labels(logits_fn(xa), y)
+  return ascend(ce, x, x_start, eps=eps, norm=norm,
+                steps=steps, step_size=step_size, clip=clip)

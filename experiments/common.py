@@ -120,6 +120,7 @@ def run(main) -> None:
   """app.run with user errors as one line on stderr: bad input exits 2, a failed run 1."""
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)  # keep library INFO chatter (orbax, faiss) out
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen
     try:
       main(argv)
     except ConfigError as e:

@@ -22,3 +22,48 @@ def ncg_vs_distance(curves: dict[str, dict[str, dict]], path: str, title: str) -
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def radius_histograms(rows: dict[str, dict], path: str, title: str) -> None:
+  """rows[run] = {"radii": [...], "ood_dist": [...]}: log-L2 histograms of the robustness
+  radii of the attacked neighbours and of the OOD-to-neighbour distances (paper Fig. 3)."""
+  import numpy as np
+  runs = list(rows)
+  fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.6), squeeze=False,
+                           sharey=True)
+  for ax, run in zip(axes[0], runs):
+    r = np.asarray(rows[run]["radii"], float)
+    d = np.asarray(rows[run]["ood_dist"], float)
+    lo = np.log10(max(min(r.min(initial=np.inf), d.min(initial=np.inf)), 1e-3))
+    hi = np.log10(max(r.max(initial=0), d.max(initial=0), 10 ** (lo + 1)))
+    bins = np.logspace(lo, hi, 30)
+    ax.hist(r, bins=bins, alpha=0.6, label="robustness radius (CW-L2)")
+    ax.hist(d, bins=bins, alpha=0.6, label="OOD-to-neighbour distance")
+    ax.set_xscale("log")
+    ax.set_xlabel("L2 distance")
+    ax.set_title(run)
+  axes[0][0].set_ylabel("count")
+  axes[0][0].legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def roc_curves(curves: dict[str, dict[str, tuple]], path: str, title: str) -> None:
+  """curves[run][detector] = (fpr, tpr); one panel per run."""
+  runs = list(curves)
+  fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 4.2), squeeze=False)
+  for ax, run in zip(axes[0], runs):
+    for det, (fpr, tpr) in curves[run].items():
+      ax.plot(fpr, tpr, label=det, lw=1.2)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("OOD accepted (FPR)")
+    ax.set_ylabel("ID accepted (TPR)")
+    ax.set_title(run)
+    ax.grid(alpha=0.3)
+  axes[0][-1].legend(fontsize=7, loc="lower right")
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

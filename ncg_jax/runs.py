@@ -7,6 +7,8 @@ holding `config.json` and orbax `checkpoints/`. `experiments.train`, `experiment
 every later experiment find the same runs there.
 """
 import dataclasses
+import glob
+import json
 import os
 
 from ncg_jax import models
@@ -31,4 +33,32 @@ def train_or_load(*, workdir: str, dataset: str, model_name: str, space: str, lo
   directory = run_dir(workdir, dataset, model_name, cfg.seed, space,
                       losses.run_name(loss, attack))
   log(f"[{space}/{loss}] {arch} on {len(data)} examples -> {directory}")
-  return train(models.create(arch, num_classes), data, cfg, directory, attack=attack, log=log)
+  return train(models.create(arch, num_classes), data, cfg, directory, attack=attack,
+               meta={"arch": arch, "space": space}, log=log)
+
+
+def find(workdir: str, dataset: str, model_name: str, seed: int, space: str) -> dict[str, dict]:
+  """The finished or interrupted runs of one space: {loss: config.json record}, in the
+  order ce first, then by name."""
+  found = {}
+  for path in sorted(glob.glob(os.path.join(run_dir(workdir, dataset, model_name, seed, space, "*"),
+                                            "config.json"))):
+    with open(path) as f:
+      record = json.load(f)
+    if os.path.isdir(os.path.join(os.path.dirname(path), "checkpoints")):
+      found[os.path.basename(os.path.dirname(path))] = record
+  return dict(sorted(found.items(), key=lambda kv: (kv[1]["loss"] != "ce", kv[0])))
+
+
+def load(record: dict, *, workdir: str, dataset: str, model_name: str, data: Split,
+         num_classes: int, log=print) -> Trained:
+  """Restores the run described by a `find` record (trains on if it was interrupted)."""
+  fields = {f.name for f in dataclasses.fields(TrainConfig)}
+  cfg = TrainConfig(**{k: tuple(v) if k == "milestones" else v
+                       for k, v in record.items() if k in fields})
+  attack = record.get("attack")
+  attack = losses.AttackConfig(**{**attack, "clip": tuple(attack["clip"]) if attack["clip"] else None}) \
+      if attack else None
+  return train_or_load(workdir=workdir, dataset=dataset, model_name=model_name,
+                       space=record.get("space", "pixel"), loss=record["loss"], data=data,
+                       num_classes=num_classes, cfg=cfg, attack=attack, log=log)

@@ -24,15 +24,17 @@ def test_bad_input_exits_2_with_one_line(args, msg, data_dir, tmp_path):
 
 
 def test_ncg_end_to_end_and_reproducible(data_dir, tmp_path):
-  args = ["--dataset=digitswo9", "--model=cnn002", "--epochs=2", f"--data_dir={data_dir}"]
+  args = ["--dataset=digitswo9", "--model=cnn002", "--epochs=2", "--losses=ce,trades6",
+          "--attack_steps=2", f"--data_dir={data_dir}"]
   results = []
   for name in ("a", "b"):
     p = run_module("experiments.ncg", *args, f"--workdir={tmp_path / name}")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "| pixel | ce |" in p.stdout and "| feature | ce |" in p.stdout
+    for space in ("pixel", "feature"):
+      assert f"| {space} | ce |" in p.stdout and f"| {space} | trades6 |" in p.stdout
     out = tmp_path / name / "digitswo9" / "cnn002" / "seed0"
     for f in ("results.json", "ncg_table.md", "ncg_vs_distance.png", "ncg_pixel_ce.npz",
-              "ncg_feature_ce.npz"):
+              "ncg_feature_ce.npz", "ncg_pixel_trades6.npz", "ncg_feature_trades6.npz"):
       assert (out / f).exists(), f
     with open(out / "results.json") as f:
       results.append(json.load(f))
@@ -60,3 +62,25 @@ def test_train_entry_point_resumes_an_interrupted_run(data_dir, tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   assert "resuming" in p.stdout and "epoch   2/2" in p.stdout and "epoch   1/2" not in p.stdout
   assert p.stdout.strip().splitlines()[-1] == acc  # same final model
+
+
+def test_robustness_experiment_on_a_tiny_budget(data_dir, tmp_path):
+  common = [f"--data_dir={data_dir}", f"--workdir={tmp_path}", "--epochs=2"]
+  p = run_module("experiments.robustness", *common)
+  assert p.returncode == 2 and "no trained pixel-space runs" in p.stderr
+  for loss in ("ce", "advce"):
+    p = run_module("experiments.train", *common, f"--loss={loss}", "--attack_steps=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+  p = run_module("experiments.robustness", *common, "--n_samples=12",
+                 "--cw_binary_search_steps=3", "--cw_max_iterations=50", "--cw_initial_const=1")
+  assert p.returncode == 0, p.stderr[-3000:]
+  out = tmp_path / "digitswo9" / "cnn002" / "seed0"
+  for f in ("robustness.json", "robustness_table.md", "robustness_hist.png"):
+    assert (out / f).exists(), f
+  with open(out / "robustness.json") as f:
+    res = json.load(f)
+  assert set(res["runs"]) == {"ce", "advce-l2-eps2"}
+  for run, r in res["runs"].items():
+    assert 0 < r["attacked"] <= 12 and r["mean_ood_dist"] > 0
+    assert all(x > 0 for x in res["radii"][run])
+    assert 0.0 <= r["covered"] <= 1.0 or r["covered"] != r["covered"]  # a fraction, or NaN

@@ -28,7 +28,7 @@ def test_intermediates_are_sown():
   _, inter = model.apply({"params": params}, jnp.ones((2, 28, 28, 1)), mutable=["intermediates"])
   shapes = {k: v[0].shape for k, v in inter["intermediates"].items()}
   assert shapes == {"block1": (2, 12, 12, 32), "block2": (2, 4, 4, 64),
-                    "conv_features": (2, 1024)}
+                    "conv_features": (2, 1024), "features": (2, 200)}
 
 
 def test_dropout_only_in_train_mode():

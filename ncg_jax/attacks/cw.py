@@ -24,12 +24,9 @@ import optax
 from jax import lax
 
 from ncg_jax.data import eval_batches
+from ncg_jax.functional import as_partial
 
 _BIG = 1e10
-
-
-def _as_partial(logits_fn):
-  return logits_fn if isinstance(logits_fn, jax.tree_util.Partial) else jax.tree_util.Partial(logits_fn)
 
 
 def _margin(logits, y, confidence):
@@ -108,7 +105,7 @@ def cw_l2(logits_fn: Callable, x, y, *, binary_search_steps: int = 9,
   Runs in fixed-size padded batches (one compilation per input shape)."""
   x = np.asarray(x, np.float32)
   y = np.asarray(y, np.int32)
-  fn = _as_partial(logits_fn)
+  fn = as_partial(logits_fn)
   bs = min(batch_size, len(x))
   adv, succ = np.empty_like(x), np.zeros(len(x), bool)
   for idx, mask in eval_batches(len(x), bs):

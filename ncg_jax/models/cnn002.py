@@ -34,6 +34,7 @@ class CNN002(nn.Module):
     x = nn.Dropout(0.5, deterministic=not train)(x)
     feats = nn.relu(nn.Dense(200, name="fc2", dtype=self.dtype)(x))
     feats = self.perturb("features", feats)
+    self.sow("intermediates", "features", feats)
     logits = nn.Dense(self.num_classes, name="head", dtype=self.dtype,
                       kernel_init=nn.initializers.zeros)(feats)
     return logits.astype(jnp.float32), feats.astype(jnp.float32)

@@ -17,5 +17,6 @@ class MLP(nn.Module):
       x = nn.relu(nn.Dense(w, name=f"fc{i + 1}", dtype=self.dtype)(x))
       self.sow("intermediates", f"fc{i + 1}", x)
     feats = self.perturb("features", x)
+    self.sow("intermediates", "features", feats)
     logits = nn.Dense(self.num_classes, name="head", dtype=self.dtype)(feats)
     return logits.astype(jnp.float32), feats.astype(jnp.float32)

@@ -117,9 +117,10 @@ def _check_config(run_dir: str, cfg: TrainConfig, extra: dict) -> None:
 
 
 def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
-          attack: losses.AttackConfig | None = None,
+          attack: losses.AttackConfig | None = None, meta: dict | None = None,
           log: Callable[[str], None] = print) -> Trained:
-  extra = {"model": type(model).__name__, "num_examples": len(data)}
+  """`meta` (JSON-able) is recorded in the run's config.json beside the settings."""
+  extra = {**(meta or {}), "model": type(model).__name__, "num_examples": len(data)}
   if losses.is_robust(cfg.loss):
     extra["attack"] = dataclasses.asdict(attack or losses.AttackConfig())
   _check_config(run_dir, cfg, extra)

@@ -1,0 +1,109 @@
+"""Robustness radius of the training images that OOD images fall next to (the NCG paper's
+Fig. 3, `ood_robustness_correct`).
+
+python -m experiments.robustness --dataset=digitswo9 --model=cnn002
+
+For every pixel-space run in the workdir: take the training images that are some OOD
+image's nearest neighbour and that the model classifies correctly (a seeded sample of up to
+--n_samples), find each one's closest adversarial example with CW-L2, and report the mean
+radius, the mean OOD-to-neighbour distance, and the fraction of OOD images (among those
+whose neighbour was attacked successfully) lying closer to their neighbour than its radius
+("covered"). Writes robustness.json, robustness_table.md and robustness_hist.png beside
+the NCG results.
+"""
+import os
+import time
+
+import numpy as np
+from absl import flags
+
+from experiments import common
+from ncg_jax import data, neighbors, plots, runs
+from ncg_jax.attacks import cw_l2
+from ncg_jax.inference import logits_and_features
+from ncg_jax.registry import ConfigError
+
+flags.DEFINE_integer("n_samples", 300, "Training neighbours attacked per run.")
+flags.DEFINE_integer("cw_binary_search_steps", 9, "CW-L2 binary-search steps (paper: 9).")
+flags.DEFINE_integer("cw_max_iterations", 1000, "CW-L2 iterations per binary-search step "
+                     "(paper: 10000; abort-early stops most much sooner).")
+flags.DEFINE_float("cw_initial_const", 1e-3, "CW-L2 initial trade-off constant (paper: 1e-3).")
+flags.DEFINE_integer("cw_batch_size", 300, "Images per CW-L2 batch.")
+FLAGS = flags.FLAGS
+
+
+def table(rows: dict) -> str:
+  out = ["| run | test acc | attacked | CW failures | mean radius | mean OOD-NN dist | covered |",
+         "|---|---|---|---|---|---|---|"]
+  for run, r in rows.items():
+    out.append(f"| {run} | {r['test_accuracy']:.3f} | {r['attacked']} | {r['failure_rate']:.3f} | "
+               f"{r['mean_radius']:.3f} | {r['mean_ood_dist']:.3f} | {r['covered']:.4f} |")
+  return "\n".join(out)
+
+
+def run(cfg: common.ExperimentConfig, cw: dict, n_samples: int, log=print) -> dict:
+  ds = data.load(cfg.dataset, cfg.data_dir)
+  if ds.ood is None:
+    raise ConfigError(f"--dataset={cfg.dataset} holds no class out; use <base>wo<k>")
+  found = runs.find(cfg.workdir, cfg.dataset, cfg.model, cfg.seed, "pixel")
+  if not found:
+    raise ConfigError(f"no trained pixel-space runs for {cfg.dataset}/{cfg.model}/seed{cfg.seed} "
+                      f"in {cfg.workdir}; run experiments.ncg or experiments.train first")
+  out_dir = os.path.join(cfg.workdir, cfg.dataset, cfg.model, f"seed{cfg.seed}")
+  train_x = ds.train.x.astype(np.float32) / 255.0
+  ood_dist, ood_idx = neighbors.nearest(train_x, ds.ood.x.astype(np.float32) / 255.0,
+                                        backend=cfg.nn_backend)
+  ood_dist, ood_idx = ood_dist[:, 0], ood_idx[:, 0]
+  neighbours = np.unique(ood_idx)
+  log(f"{len(ds.ood)} OOD images have {len(neighbours)} distinct nearest training images")
+  rows, hist = {}, {}
+  for name, record in found.items():
+    trained = runs.load(record, workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model,
+                        data=ds.train, num_classes=ds.num_classes, log=log)
+    pred = logits_and_features(trained, ds.train.x[neighbours])[0].argmax(1)
+    correct = neighbours[pred == ds.train.y[neighbours]]
+    rng = np.random.default_rng(cfg.seed)
+    sample = np.sort(rng.permutation(correct)[:n_samples])
+    t0 = time.perf_counter()
+    adv, ok = cw_l2(trained.logits_fn(), train_x[sample], ds.train.y[sample], **cw)
+    radius = np.full(len(ds.train), np.nan)
+    radius[sample[ok]] = np.linalg.norm((adv - train_x[sample])[ok].reshape(ok.sum(), -1), axis=1)
+    measured = ~np.isnan(radius[ood_idx])
+    test_acc = float(np.mean(logits_and_features(trained, ds.test.x)[0].argmax(1) == ds.test.y))
+    rows[name] = {
+        "test_accuracy": test_acc, "neighbours": int(len(neighbours)),
+        "correct_neighbours": int(len(correct)), "attacked": int(len(sample)),
+        "failure_rate": float(1.0 - ok.mean()) if len(sample) else float("nan"),
+        "mean_radius": float(np.nanmean(radius[sample])) if ok.any() else float("nan"),
+        "median_radius": float(np.nanmedian(radius[sample])) if ok.any() else float("nan"),
+        "mean_ood_dist": float(ood_dist.mean()),
+        "covered": float(np.mean(ood_dist[measured] < radius[ood_idx[measured]])) if measured.any() else float("nan"),
+        "ood_with_measured_neighbour": int(measured.sum()),
+        "seconds": time.perf_counter() - t0,
+    }
+    hist[name] = {"radii": radius[sample[ok]].tolist(), "ood_dist": ood_dist.tolist()}
+    log(f"[{name}] CW-L2 on {len(sample)} neighbours: mean radius {rows[name]['mean_radius']:.3f}, "
+        f"{(~ok).sum()} failures ({rows[name]['seconds']:.0f}s)")
+  results = {"flags": cfg.flags, "versions": common.versions(), "cw": cw, "runs": rows,
+             "radii": {k: v["radii"] for k, v in hist.items()}}
+  md = table(rows)
+  common.write_json(os.path.join(out_dir, "robustness.json"), results)
+  with open(os.path.join(out_dir, "robustness_table.md"), "w") as f:
+    f.write(f"# Robustness radius of OOD neighbours, {cfg.dataset} ({cfg.model})\n\n{md}\n")
+  plots.radius_histograms(hist, os.path.join(out_dir, "robustness_hist.png"),
+                          f"{cfg.dataset}, {cfg.model}: neighbours' CW-L2 radius vs OOD distance")
+  log("\n" + md + f"\n\nwrote {out_dir}/{{robustness.json, robustness_table.md, robustness_hist.png}}")
+  return results
+
+
+def main(argv):
+  del argv
+  cw = dict(binary_search_steps=FLAGS.cw_binary_search_steps, max_iterations=FLAGS.cw_max_iterations,
+            initial_const=FLAGS.cw_initial_const, batch_size=FLAGS.cw_batch_size)
+  if FLAGS.n_samples < 1:
+    raise ConfigError("--n_samples must be at least 1")
+  run(common.config_from_flags(), cw, FLAGS.n_samples)
+
+
+if __name__ == "__main__":
+  common.run(main)

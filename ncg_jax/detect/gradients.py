@@ -1,0 +1,69 @@
+"""Detectors that differentiate the network: ODIN and GradNorm.
+
+ODIN (Liang et al., ICLR 2018), exactly as `facebookresearch/odin/code/calData.py`: label =
+argmax of the logits; gradient of CE(logits / T, label) w.r.t. the input; direction +1 where
+that gradient is >= 0 and -1 elsewhere (a zero gradient maps to +1, unlike `sign`), divided
+by the per-channel `input_std` (the original divides by its normalisation std so that
+epsilon is in raw-pixel units); x' = x - epsilon * direction; score = max softmax(f(x') / T).
+Batched: one forward and one VJP (the summed loss separates per example in eval mode), then
+one forward.
+
+GradNorm (Huang, Geng, Li, NeurIPS 2021): per example, the L1 norm of the gradient of
+sum_c -log_softmax(head(h) / T)_c (the original's all-ones target) w.r.t. the head's
+parameters. `gradnorm` differentiates any `head_fn` (vmap of grad, summed over all leaves
+of `head_params`); for a linear head the gradient is outer(h, (C q - 1) / T) with q =
+softmax(z / T), so `gradnorm_linear` needs no backward pass at all.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ncg_jax.functional import as_partial
+
+
+@functools.partial(jax.jit, static_argnames=())
+def _odin(logits_fn, x, temperature, epsilon, input_std):
+  def loss(xx):
+    logits = logits_fn(xx)
+    label = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
+    return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits / temperature),
+                                        label[:, None], axis=-1))
+  g = jax.grad(loss)(x)
+  direction = jnp.where(g >= 0, 1.0, -1.0) / input_std
+  return jnp.max(jax.nn.softmax(logits_fn(x - epsilon * direction) / temperature, axis=-1), axis=-1)
+
+
+def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon: float = 0.0014,
+         input_std=1.0):
+  """ODIN scores of a batch `x` (the model's input units). `input_std`: a scalar or one
+  value per channel (last axis)."""
+  return _odin(as_partial(logits_fn), jnp.asarray(x, jnp.float32), jnp.float32(temperature),
+               jnp.float32(epsilon), jnp.asarray(input_std, jnp.float32))
+
+
+@jax.jit
+def _gradnorm(head_fn, head_params, features, temperature):
+  def loss(p, h):
+    return -jnp.sum(jax.nn.log_softmax(head_fn(p, h[None])[0] / temperature))
+  grads = jax.vmap(jax.grad(loss), in_axes=(None, 0))(head_params, features)
+  return sum(jnp.sum(jnp.abs(g).reshape(g.shape[0], -1), axis=1) for g in jax.tree.leaves(grads))
+
+
+def gradnorm(head_fn, head_params, features, *, temperature: float = 1.0):
+  """Per-example L1 norm of the head-parameter gradient (autodiff, any head)."""
+  return _gradnorm(as_partial(head_fn), head_params, jnp.asarray(features, jnp.float32),
+                   jnp.float32(temperature))
+
+
+def gradnorm_linear(head_params, features, *, temperature: float = 1.0,
+                    include_bias: bool = True):
+  """Closed form of `gradnorm` for a linear head z = h W + b:
+  (||h||_1 + [include_bias]) * sum_c |C q_c - 1| / T. The original code reads the kernel's
+  gradient only (include_bias=False); `gradnorm` sums every leaf it is given."""
+  h = jnp.asarray(features, jnp.float32)
+  logits = h @ head_params["kernel"] + head_params["bias"]
+  c = logits.shape[-1]
+  q = jax.nn.softmax(logits / temperature, axis=-1)
+  dz = jnp.sum(jnp.abs(c * q - 1.0), axis=-1) / temperature
+  return dz * (jnp.sum(jnp.abs(h), axis=-1) + (1.0 if include_bias else 0.0))

@@ -1,0 +1,210 @@
+"""Each detector against an independent implementation written here (numpy, scipy,
+scikit-learn, or a closed form on a linear model)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import logsumexp, softmax
+from sklearn.covariance import EmpiricalCovariance
+from sklearn.neighbors import NearestNeighbors
+
+from ncg_jax import detect, models
+from ncg_jax.detect import nac
+from ncg_jax.train.trainer import Trained
+
+
+@pytest.fixture(autouse=True)
+def highest_precision():
+  jax.config.update("jax_default_matmul_precision", "highest")
+  yield
+  jax.config.update("jax_default_matmul_precision", None)
+
+
+def linear(d=12, c=5, seed=0):
+  rng = np.random.default_rng(seed)
+  head = {"kernel": rng.normal(size=(d, c)).astype(np.float32),
+          "bias": rng.normal(size=c).astype(np.float32)}
+  h = np.abs(rng.normal(size=(40, d))).astype(np.float32)  # ReLU-like features
+  return head, h
+
+
+def test_logit_scores():
+  z = np.random.default_rng(0).normal(size=(30, 7)) * 3
+  np.testing.assert_allclose(detect.msp(z), softmax(z, axis=1).max(1), rtol=1e-5)
+  np.testing.assert_allclose(detect.max_logit(z), z.max(1), rtol=1e-6)
+  for t in (1.0, 2.5):
+    np.testing.assert_allclose(detect.energy(z, temperature=t), t * logsumexp(z / t, axis=1),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature,epsilon", [(1000.0, 0.0014), (1.0, 0.01)])
+def test_odin_on_a_linear_model_matches_the_closed_form(temperature, epsilon):
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=(6, 4))
+  b = rng.normal(size=4)
+  x = rng.random((25, 6))
+  std = np.array([0.2, 0.3, 0.25, 0.5, 0.4, 0.3])
+  f = lambda xx: xx @ jnp.asarray(w, jnp.float32) + jnp.asarray(b, jnp.float32)
+  # d/dx CE(z/T, yhat) = W (softmax(z/T) - onehot(yhat)) / T
+  z = x @ w + b
+  yhat = z.argmax(1)
+  grad = (softmax(z / temperature, axis=1) - np.eye(4)[yhat]) @ w.T / temperature
+  step = np.where(grad >= 0, 1.0, -1.0) / std
+  x2 = x - epsilon * step
+  ref = softmax((x2 @ w + b) / temperature, axis=1).max(1)
+  ours = detect.odin(f, x.astype(np.float32), temperature=temperature, epsilon=epsilon,
+                     input_std=std.astype(np.float32))
+  np.testing.assert_allclose(ours, ref, rtol=1e-4)
+
+
+def test_odin_zero_gradient_steps_plus_one():
+  # the gradient through stop_gradient is exactly zero; the original maps 0 to +1, so the
+  # second forward sees x' = x - eps / std (np.sign would leave x unchanged)
+  w = np.array([[1.0, -1.0, 0.5, 2.0], [0.0, 1.0, -1.0, 1.0], [2.0, 0.0, 0.0, -1.0]], np.float32).T
+  f = lambda xx: jax.lax.stop_gradient(xx) @ w
+  x = np.full((2, 4), 0.5, np.float32)
+  ours = detect.odin(f, x, temperature=1.0, epsilon=0.1, input_std=2.0)
+  np.testing.assert_allclose(ours, softmax((x - 0.05) @ w, axis=1).max(1), rtol=1e-5)
+  assert not np.allclose(ours, softmax(x @ w, axis=1).max(1))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_gradnorm_autodiff_equals_closed_form_and_numpy(temperature):
+  head, h = linear()
+  auto = detect.gradnorm(detect.linear_head, head, h, temperature=temperature)
+  closed = detect.gradnorm_linear(head, h, temperature=temperature)
+  np.testing.assert_allclose(auto, closed, rtol=1e-4)
+  # numpy: gradient of sum_c -log_softmax(z/T)_c w.r.t. W is outer(h, (C q - 1) / T)
+  z = h @ head["kernel"] + head["bias"]
+  q = softmax(z / temperature, axis=1)
+  dz = (5 * q - 1) / temperature
+  ref_w = np.array([np.abs(np.outer(hi, di)).sum() for hi, di in zip(h, dz)])
+  np.testing.assert_allclose(detect.gradnorm_linear(head, h, temperature=temperature,
+                                                    include_bias=False), ref_w, rtol=1e-4)
+  np.testing.assert_allclose(closed, ref_w + np.abs(dz).sum(1), rtol=1e-4)
+
+
+def test_mahalanobis_against_sklearn_and_explicit_distances():
+  rng = np.random.default_rng(2)
+  y = rng.integers(0, 3, 300)
+  h = rng.normal(size=(300, 6)) + y[:, None]
+  stats = detect.fit_mahalanobis(h, y, 3)
+  means = np.stack([h[y == c].mean(0) for c in range(3)])
+  cov = EmpiricalCovariance(assume_centered=False).fit(h - means[y])
+  np.testing.assert_allclose(stats["precision"], cov.precision_, rtol=1e-3, atol=1e-4)
+  q = rng.normal(size=(20, 6))
+  ref = np.array([max(-(qi - m) @ cov.precision_ @ (qi - m) for m in means) for qi in q])
+  np.testing.assert_allclose(detect.mahalanobis(stats, q), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_react_and_ash_against_numpy():
+  head, h = linear()
+  thr = detect.react_threshold(h, 80)
+  assert thr == np.percentile(h.reshape(-1), 80)
+  ref = logsumexp(np.minimum(h, thr) @ head["kernel"] + head["bias"], axis=1)
+  np.testing.assert_allclose(detect.react(detect.linear_head, head, h, thr), ref, rtol=1e-5)
+  # ASH-B, 12 features at p=75: keep the 3 largest, each set to sum(h) / 3
+  shaped = np.zeros_like(h)
+  for i, row in enumerate(h):
+    top = np.argsort(row)[::-1][:3]
+    shaped[i, top] = row.sum() / 3
+  ref = logsumexp(shaped @ head["kernel"] + head["bias"], axis=1)
+  np.testing.assert_allclose(detect.ash(detect.linear_head, head, h, 75), ref, rtol=1e-5)
+
+
+def test_knn_against_sklearn():
+  rng = np.random.default_rng(3)
+  train, q = rng.normal(size=(500, 8)), rng.normal(size=(30, 8))
+  norm = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+  nn = NearestNeighbors(n_neighbors=10).fit(norm(train))
+  ref = -nn.kneighbors(norm(q))[0][:, 9]
+  for backend in ("faiss", "jax"):
+    np.testing.assert_allclose(detect.knn(detect.fit_knn(train), q, k=10, backend=backend), ref,
+                               rtol=1e-4)
+
+
+def test_vim_against_an_openood_style_numpy_implementation():
+  rng = np.random.default_rng(4)
+  head = {"kernel": rng.normal(size=(16, 4)).astype(np.float32),
+          "bias": rng.normal(size=4).astype(np.float32)}
+  train = np.abs(rng.normal(size=(400, 16)))
+  q = np.abs(rng.normal(size=(20, 16)))
+  w, b = head["kernel"].T.astype(np.float64), head["bias"].astype(np.float64)  # torch layout
+  u = -np.linalg.pinv(w) @ b
+  ec = EmpiricalCovariance(assume_centered=True).fit(train - u)
+  eig_vals, eig_vecs = np.linalg.eig(ec.covariance_)
+  ns = np.ascontiguousarray(eig_vecs.T[np.argsort(eig_vals * -1)[6:]].T)
+  vlogit_train = np.linalg.norm((train - u) @ ns, axis=-1)
+  alpha = (train @ w.T + b).max(axis=-1).mean() / vlogit_train.mean()
+  ref = logsumexp(q @ w.T + b, axis=-1) - alpha * np.linalg.norm((q - u) @ ns, axis=-1)
+  stats = detect.fit_vim(train, head, dim=6)
+  np.testing.assert_allclose(detect.vim(stats, detect.linear_head, head, q), ref, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="ViM dim"):
+    detect.fit_vim(train, head, dim=16)
+
+
+def test_nac_edges_are_the_references():
+  t = nac.edges(50)
+  assert len(t) == 50 and t[0] == 0.0 and t[-2] == pytest.approx(1.01) and t[-1] == 1.2
+  # the reference's printed values, to their three decimals
+  for i, v in [(1, 0.119), (2, 0.184), (23, 0.494), (24, 0.5), (25, 0.506), (47, 0.881)]:
+    assert abs(t[i] - v) <= 1e-3, (i, t[i])
+  assert np.all(np.diff(t) > 0) and 0.5 in np.round(t, 12)
+
+
+def test_nac_score_equals_the_dense_mask_reference():
+  rng = np.random.default_rng(5)
+  fit_o, fit_g = rng.normal(size=(200, 7)), rng.normal(size=(200, 7))
+  te_o, te_g = rng.normal(size=(30, 7)), rng.normal(size=(30, 7))
+  params = {"layer": {"alpha": 3.0, "M": 50, "O": 4}}
+  tables = nac.fit({"layer": (fit_o, fit_g)}, params)
+  ours = nac.score(tables, {"layer": (te_o, te_g)})
+  # reference: dense [B, M-1, N] bin-membership masks
+  t = nac.edges(50)
+  sig = lambda a: 1 / (1 + np.exp(-a))
+  zf, zt = sig(3.0 * fit_o * fit_g), sig(3.0 * te_o * te_g)
+  member = lambda z: (z[:, None, :] >= t[None, :-1, None]) & (z[:, None, :] < t[None, 1:, None])
+  counts = member(zf).sum(0)
+  cov = np.minimum(counts / 4, 1.0)
+  ref = (member(zt) * cov[None]).sum(1).mean(1)
+  np.testing.assert_allclose(ours, ref, rtol=1e-6)
+
+
+def test_nac_pooled_gradients_at_the_penultimate_layer_match_the_closed_form():
+  model = models.create("cnn002", 4)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(1), (200, 4))
+  x = jax.random.uniform(jax.random.key(2), (6, 28, 28, 1))
+  pooled = nac.pooled_states(model, {"params": params}, x, ("block1", "features"))
+  logits, feats = model.apply({"params": params}, x)
+  p = softmax(np.asarray(logits, np.float64), axis=1)
+  # d/dh sum_c -log_softmax(z)_c / C = (p - 1/C) W^T
+  g_ref = (p - 0.25) @ np.asarray(params["head"]["kernel"], np.float64).T
+  np.testing.assert_allclose(pooled["features"][0], feats, rtol=1e-5, atol=1e-5)
+  # float32 sums of O(1) terms: absolute error ~1e-6 against gradients of O(1)
+  np.testing.assert_allclose(pooled["features"][1], g_ref, rtol=1e-4, atol=1e-5)
+  assert np.abs(g_ref).max() > 0.5
+  assert pooled["block1"][0].shape == (6, 32) and pooled["block1"][1].shape == (6, 32)
+
+
+def test_search_reads_only_validation_inputs_and_picks_the_best_auroc(digits9):
+  from ncg_jax.detect.registry import Inputs, Model, search, score
+  rng = np.random.default_rng(0)
+  model_ = models.create("cnn002", 9)
+  params, _ = models.init(model_, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), (200, 9))
+  m = Model(Trained(model_, params, {}), digits9.train.x[:300], digits9.train.y[:300], 9,
+            nac_subset=90)
+  v_id, v_ood = Inputs(m, digits9.test.x[:40]), Inputs(m, digits9.ood.x[:30])
+  t_id = Inputs(m, digits9.test.x[40:80])
+  t_ood = Inputs(m, rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8))
+  from ncg_jax.detect import metrics
+  for name in detect.DETECTORS.names():
+    state, hp, trace = search(name, m, v_id, v_ood)
+    if trace:
+      best = max(a for _, a in trace)
+      assert [a for h, a in trace if h == hp][0] == best
+    for t in (t_id, t_ood):  # the test inputs were never evaluated during the search
+      assert "_outputs" not in t.__dict__ and "nac_pooled" not in t.__dict__
+  s = score("msp", None, t_id, {})
+  assert s.shape == (40,) and np.all(np.isfinite(s))

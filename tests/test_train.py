@@ -85,3 +85,18 @@ def test_unreadable_checkpoint_is_an_error_not_a_retrain(digits9, tmp_path):
         fh.write(b"garbage")
   with pytest.raises(checkpoint.CheckpointError, match="cannot read checkpoint"):
     train(model, split, CFG, str(run), log=lambda s: None)
+
+
+def test_a_run_with_other_settings_is_an_error_but_other_metadata_is_not(digits9, tmp_path):
+  from ncg_jax.registry import ConfigError
+  split = data.Split(np.random.default_rng(0).normal(size=(128, 20)).astype(np.float32),
+                     digits9.train.y[:128])
+  model = models.create("mlp", 9)
+  run = str(tmp_path / "run")
+  one = dataclasses.replace(CFG, epochs=1)
+  train(model, split, one, run, meta={"note": "a"}, log=lambda s: None)
+  with pytest.raises(ConfigError, match="lr=0.05"):
+    train(model, split, dataclasses.replace(one, lr=0.1), run, log=lambda s: None)
+  msgs = []
+  train(model, split, one, run, meta={"note": "b"}, log=msgs.append)  # reuses, no retrain
+  assert not any("epoch" in m for m in msgs)

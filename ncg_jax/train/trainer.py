@@ -100,13 +100,15 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
   return jax.jit(step, donate_argnums=0)
 
 
-def _check_config(run_dir: str, cfg: TrainConfig, extra: dict) -> None:
+def _check_config(run_dir: str, cfg: TrainConfig, settings: dict, meta: dict) -> None:
+  """Writes config.json; if the run exists, every setting that shapes training (all but
+  `epochs`, which a rerun may extend, and the descriptive `meta`) must match it."""
   path = os.path.join(run_dir, "config.json")
-  record = json.loads(json.dumps({**dataclasses.asdict(cfg), **extra}))  # as JSON reads back
+  record = json.loads(json.dumps({**meta, **dataclasses.asdict(cfg), **settings}))
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    diff = [k for k in record if k != "epochs" and old.get(k) != record[k]]
+    diff = [k for k in record if k != "epochs" and k not in meta and old.get(k) != record[k]]
     if diff:
       raise ConfigError(
           f"{run_dir} holds a run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
@@ -120,10 +122,10 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
           attack: losses.AttackConfig | None = None, meta: dict | None = None,
           log: Callable[[str], None] = print) -> Trained:
   """`meta` (JSON-able) is recorded in the run's config.json beside the settings."""
-  extra = {**(meta or {}), "model": type(model).__name__, "num_examples": len(data)}
+  settings = {"model": type(model).__name__, "num_examples": len(data)}
   if losses.is_robust(cfg.loss):
-    extra["attack"] = dataclasses.asdict(attack or losses.AttackConfig())
-  _check_config(run_dir, cfg, extra)
+    settings["attack"] = dataclasses.asdict(attack or losses.AttackConfig())
+  _check_config(run_dir, cfg, settings, meta or {})
   root = jax.random.key(cfg.seed)
   params, model_state = models.init(model, root, to_input(jnp.asarray(data.x[:1])))
   steps = train_batches(len(data), cfg.batch_size, cfg.seed, 0).shape[0]

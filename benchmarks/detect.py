@@ -1,0 +1,153 @@
+"""OOD detector speed on CNN002: images/s and cost as a multiple of one forward pass of
+the same batch, beside PyTorch re-implementations of the procedures users would otherwise
+run (written for this benchmark): the original ODIN and GradNorm loops (one image at a
+time) and OpenOOD v1.5's batched ODIN and per-sample GradNorm.
+
+python -m benchmarks.detect [--batch 256] [--loop_images 64]
+"""
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.common import row, setting, timeit
+from benchmarks.cnn002 import torch_cnn002
+from ncg_jax import detect, models
+from ncg_jax.detect import nac
+from ncg_jax.train.trainer import Trained
+
+
+def jax_rows(batch: int, repeat: int):
+  k = 9
+  model = models.create("cnn002", k)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, k))
+  trained = Trained(model, params, {})
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((batch, 28, 28, 1), dtype=np.float32))
+  train_x = jnp.asarray(rng.random((1000, 28, 28, 1), dtype=np.float32))
+  fwd = jax.jit(lambda x: model.apply({"params": params}, x))
+  train_logits, train_h = fwd(train_x)
+  train_y = np.asarray(train_logits).argmax(1)
+  head = params["head"]
+  maha = detect.fit_mahalanobis(np.asarray(train_h), train_y, k)
+  bank = detect.fit_knn(np.asarray(train_h))
+  thr = detect.react_threshold(np.asarray(train_h))
+  vim_stats = detect.fit_vim(np.asarray(train_h), head, 100)
+  layers = ("block1", "block2", "features")
+  nac_params = {l: {"alpha": 1.0, "M": 50, "O": 5} for l in layers}
+  tables = nac.fit(nac.pooled_states(model, {"params": params}, train_x, layers), nac_params)
+  logits_fn = trained.logits_fn()
+
+  def with_fwd(op):
+    f = jax.jit(lambda x: op(*fwd(x)))
+    return lambda: f(x)
+
+  work = {
+      "forward (logits)": lambda: fwd(x),
+      "MSP": with_fwd(lambda z, h: detect.msp(z)),
+      "Energy": with_fwd(lambda z, h: detect.energy(z)),
+      "GradNorm (closed form)": with_fwd(lambda z, h: detect.gradnorm_linear(head, h, include_bias=False)),
+      "GradNorm (autodiff, vmap)": with_fwd(lambda z, h: detect.gradnorm(detect.linear_head, head, h)),
+      "ODIN": lambda: detect.odin(logits_fn, x),
+      "Mahalanobis": with_fwd(lambda z, h: detect.mahalanobis(maha, h)),
+      "ReAct": with_fwd(lambda z, h: detect.react(detect.linear_head, head, h, thr)),
+      "ViM": with_fwd(lambda z, h: detect.vim(vim_stats, detect.linear_head, head, h)),
+      "ASH": with_fwd(lambda z, h: detect.ash(detect.linear_head, head, h, 90)),
+      "KNN (k=50, 1000-image bank)": lambda: detect.knn(bank, np.asarray(fwd(x)[1]), k=50),
+      "NAC-UE (3 layers)": lambda: nac.score(tables, nac.pooled_states(model, {"params": params}, x, layers)),
+  }
+  return {name: timeit(f, repeat=repeat) for name, f in work.items()}, params
+
+
+def torch_rows(params, batch: int, loop_images: int, repeat: int):
+  import torch
+  net = torch_cnn002(params, 9).eval()
+  rng = np.random.default_rng(0)
+  x = torch.from_numpy(rng.random((batch, 1, 28, 28), dtype=np.float32))
+  T, eps = 1000.0, 0.0014
+
+  def features(xx):  # penultimate features of the torch CNN002
+    r = torch.relu
+    h = torch.nn.functional.max_pool2d(r(net.c2(r(net.c1(xx)))), 2)
+    h = torch.nn.functional.max_pool2d(r(net.c4(r(net.c3(h)))), 2)
+    h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)
+    return r(net.f2(r(net.f1(h))))
+
+  def odin_batch(xx):
+    xx = xx.clone().requires_grad_(True)
+    out = net(xx)
+    loss = torch.nn.functional.cross_entropy(out / T, out.argmax(1))
+    loss.backward()
+    g = (torch.ge(xx.grad, 0).float() - 0.5) * 2
+    with torch.no_grad():
+      return torch.softmax(net(xx - eps * g) / T, 1).max(1).values
+
+  def odin_loop():
+    return [odin_batch(x[i:i + 1]) for i in range(loop_images)]
+
+  def gradnorm_original():
+    out = []
+    for i in range(loop_images):
+      net.zero_grad()
+      logits = net(x[i:i + 1])
+      loss = torch.mean(torch.sum(-torch.log_softmax(logits, 1), 1))
+      loss.backward()
+      out.append(net.head.weight.grad.abs().sum().item())
+    return out
+
+  def gradnorm_openood():
+    with torch.no_grad():
+      h = features(x)
+    fc = torch.nn.Linear(200, 9)
+    fc.load_state_dict(net.head.state_dict())
+    out = []
+    for hi in h:
+      fc.zero_grad()
+      loss = torch.mean(torch.sum(-torch.log_softmax(fc(hi[None]), 1), 1))
+      loss.backward()
+      out.append(fc.weight.grad.abs().sum().cpu().numpy())
+    return out
+
+  def forward():
+    with torch.no_grad():
+      return net(x)
+
+  per_image = lambda f: timeit(f, repeat=max(2, repeat // 2), warmup=1) / loop_images
+  per_batch = lambda f: timeit(f, repeat=repeat, warmup=1) / batch
+  return {
+      "forward (logits)": per_batch(forward),
+      "ODIN, original loop (batch 1)": per_image(odin_loop),
+      "ODIN, OpenOOD batched": per_batch(lambda: odin_batch(x)),
+      "GradNorm, original loop (batch 1, full backward)": per_image(gradnorm_original),
+      "GradNorm, OpenOOD per-sample FC": per_batch(gradnorm_openood),
+  }
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__)
+  ap.add_argument("--batch", type=int, default=256)
+  ap.add_argument("--loop_images", type=int, default=64)
+  ap.add_argument("--repeat", type=int, default=10)
+  ap.add_argument("--threads", type=int, default=2)
+  args = ap.parse_args()
+  import torch
+  torch.set_num_threads(args.threads)
+  tj, params = jax_rows(args.batch, args.repeat)
+  tt = torch_rows(params, args.batch, args.loop_images, args.repeat)
+  b = args.batch
+  fwd = tj["forward (logits)"] / b
+  print(f"\nCNN002, batch {b}, jax {jax.__version__} ({jax.default_backend()}), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)\n{setting()}\n")
+  print(row("detector", "images/s", "x ncg_jax forward"))
+  print(row("---", "---", "---"))
+  for name, t in tj.items():
+    print(row(f"ncg_jax {name}", f"{b / t:,.0f}", f"{t / b / fwd:.1f}"))
+  for name, t in tt.items():
+    print(row(f"PyTorch {name}", f"{1 / t:,.0f}", f"{t / fwd:.1f}"))
+
+
+if __name__ == "__main__":
+  main()

@@ -6,7 +6,6 @@ time) and OpenOOD v1.5's batched ODIN and per-sample GradNorm.
 python -m benchmarks.detect [--batch 256] [--loop_images 64]
 """
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp

@@ -116,6 +116,39 @@ def write_json(path: str, obj) -> None:
     json.dump(obj, f, indent=1, allow_nan=True)
 
 
+def results_dir(cfg: ExperimentConfig) -> str:
+  """Where an experiment writes its results: beside the runs of its dataset/model/seed."""
+  return os.path.join(cfg.workdir, cfg.dataset, cfg.model, f"seed{cfg.seed}")
+
+
+def load_heldout(cfg: ExperimentConfig) -> data.Dataset:
+  ds = data.load(cfg.dataset, cfg.data_dir)
+  if ds.ood is None:
+    raise ConfigError(f"--dataset={cfg.dataset} holds no class out; use <base>wo<k>")
+  return ds
+
+
+def pixel_runs(cfg: ExperimentConfig) -> dict[str, dict]:
+  """Every pixel-space run trained in the workdir for this dataset/model/seed."""
+  from ncg_jax import runs
+  found = runs.find(cfg.workdir, cfg.dataset, cfg.model, cfg.seed, "pixel")
+  if not found:
+    raise ConfigError(f"no trained pixel-space runs for {cfg.dataset}/{cfg.model}/seed{cfg.seed} "
+                      f"in {cfg.workdir}; run experiments.ncg or experiments.train first")
+  return found
+
+
+def write_markdown(path: str, heading: str, md: str) -> None:
+  with open(path, "w") as f:
+    f.write(f"# {heading}\n\n{md}\n")
+
+
+def write_tables(out_dir: str, stem: str, results: dict, heading: str, md: str) -> None:
+  """<stem>.json (every figure) and <stem>.md (the printed table)."""
+  write_json(os.path.join(out_dir, f"{stem}.json"), results)
+  write_markdown(os.path.join(out_dir, f"{stem}.md"), heading, md)
+
+
 def run(main) -> None:
   """app.run with user errors as one line on stderr: bad input exits 2, a failed run 1."""
   def wrapped(argv):

@@ -16,7 +16,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from ncg_jax import data, plots, runs
+from ncg_jax import plots, runs
 from ncg_jax.detect import metrics
 from ncg_jax.detect.registry import DETECTORS, Inputs, Model, score, search
 from ncg_jax.registry import ConfigError
@@ -54,14 +54,9 @@ def table(rows: dict, ood_name: str) -> str:
 
 def run(cfg: common.ExperimentConfig, detectors: tuple[str, ...], val_fraction: float,
         log=print) -> dict:
-  ds = data.load(cfg.dataset, cfg.data_dir)
-  if ds.ood is None:
-    raise ConfigError(f"--dataset={cfg.dataset} holds no class out; use <base>wo<k>")
-  found = runs.find(cfg.workdir, cfg.dataset, cfg.model, cfg.seed, "pixel")
-  if not found:
-    raise ConfigError(f"no trained pixel-space runs for {cfg.dataset}/{cfg.model}/seed{cfg.seed} "
-                      f"in {cfg.workdir}; run experiments.ncg or experiments.train first")
-  out_dir = os.path.join(cfg.workdir, cfg.dataset, cfg.model, f"seed{cfg.seed}")
+  ds = common.load_heldout(cfg)
+  found = common.pixel_runs(cfg)
+  out_dir = common.results_dir(cfg)
   id_val, id_test = split_val(len(ds.test), val_fraction, cfg.seed)
   ood_val, ood_test = split_val(len(ds.ood), val_fraction, cfg.seed + 1)
   ood_sets = {f"heldout_class_{ds.held_out}": ds.ood.x[ood_test],
@@ -99,9 +94,8 @@ def run(cfg: common.ExperimentConfig, detectors: tuple[str, ...], val_fraction: 
   md = []
   for name in ood_sets:
     md.append(table(rows[name], name))
-    with open(os.path.join(out_dir, f"detect_{name}.md"), "w") as f:
-      f.write(f"# OOD detection, {cfg.dataset} ({cfg.model})\n\n{md[-1]}\n")
-    common.write_json(os.path.join(out_dir, f"detect_{name}.json"), rows[name])
+    common.write_tables(out_dir, f"detect_{name}", rows[name],
+                        f"OOD detection, {cfg.dataset} ({cfg.model})", md[-1])
     plots.roc_curves(curves[name], os.path.join(out_dir, f"detect_roc_{name}.png"),
                      f"{cfg.dataset} vs {name}")
   log("\n" + "\n\n".join(md) + f"\n\nwrote {out_dir}/detect_*.{{md,json,png}}")

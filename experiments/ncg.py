@@ -16,7 +16,6 @@ from absl import flags
 from experiments import common
 from ncg_jax import data, ncg, neighbors, plots, runs
 from ncg_jax.inference import logits_and_features
-from ncg_jax.registry import ConfigError
 
 flags.DEFINE_enum("space", "both", ["pixel", "feature", "both"], "Where to search neighbours.")
 FLAGS = flags.FLAGS
@@ -38,15 +37,25 @@ def table(results: dict) -> str:
           f"| {space} | {run} | {r['test_accuracy']:.3f} | {o['ncg']:.3f} | "
           f"{o['chisquare_uniform']['pvalue']:.2e} | {o['chisquare_class_frequency']['chance_match_rate']:.3f} | "
           f"{o['chisquare_class_frequency']['pvalue']:.2e} | {r['id']['ncg']:.3f} | {o['mean_nn_dist']:.3f} |")
+  runs_ = list(dict.fromkeys(r for by_run in results["spaces"].values() for r in by_run))
+  if NATURAL in runs_ and len(runs_) > 1:  # natural vs robust, side by side
+    rows += ["", "| space | " + " | ".join(f"NCG {r}" for r in runs_) + " | "
+             + " | ".join(f"{r} - {NATURAL}" for r in runs_ if r != NATURAL) + " |",
+             "|---|" + "---|" * (2 * len(runs_) - 1)]
+    for space, by_run in results["spaces"].items():
+      ncgs = {r: by_run[r]["ood"]["ncg"] for r in runs_ if r in by_run}
+      if NATURAL not in ncgs:
+        continue
+      rows.append(f"| {space} | " + " | ".join(f"{ncgs[r]:.3f}" if r in ncgs else "-" for r in runs_)
+                  + " | " + " | ".join(f"{ncgs[r] - ncgs[NATURAL]:+.3f}" if r in ncgs else "-"
+                                       for r in runs_ if r != NATURAL) + " |")
   return "\n".join(rows)
 
 
 def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], log=print) -> dict:
   t_start = time.perf_counter()
-  ds = data.load(cfg.dataset, cfg.data_dir)
-  if ds.ood is None:
-    raise ConfigError(f"--dataset={cfg.dataset} holds no class out; NCG needs <base>wo<k>")
-  out_dir = os.path.join(cfg.workdir, cfg.dataset, cfg.model, f"seed{cfg.seed}")
+  ds = common.load_heldout(cfg)
+  out_dir = common.results_dir(cfg)
   log(f"{cfg.dataset}: {len(ds.train)} train, {len(ds.test)} test, {len(ds.ood)} OOD "
       f"(class {ds.held_out}), K={ds.num_classes}")
   train_kw = dict(workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model,
@@ -102,8 +111,8 @@ def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], log=print) -> dic
   results["seconds"] = time.perf_counter() - t_start
   md = table(results)
   common.write_json(os.path.join(out_dir, "results.json"), results)
-  with open(os.path.join(out_dir, "ncg_table.md"), "w") as f:
-    f.write(f"# NCG on {cfg.dataset} ({cfg.model}, seed {cfg.seed})\n\n{md}\n")
+  common.write_markdown(os.path.join(out_dir, "ncg_table.md"),
+                        f"NCG on {cfg.dataset} ({cfg.model}, seed {cfg.seed})", md)
   plots.ncg_vs_distance(curves, os.path.join(out_dir, "ncg_vs_distance.png"),
                         f"{cfg.dataset}, {cfg.model}")
   log("\n" + md + f"\n\nwrote {out_dir}/{{results.json, ncg_table.md, ncg_vs_distance.png, *.npz}}")

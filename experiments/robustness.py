@@ -8,7 +8,7 @@ image's nearest neighbour and that the model classifies correctly (a seeded samp
 --n_samples), find each one's closest adversarial example with CW-L2, and report the mean
 radius, the mean OOD-to-neighbour distance, and the fraction of OOD images (among those
 whose neighbour was attacked successfully) lying closer to their neighbour than its radius
-("covered"). Writes robustness.json, robustness_table.md and robustness_hist.png beside
+("covered"). Writes robustness.json, robustness.md and robustness_hist.png beside
 the NCG results.
 """
 import os
@@ -18,7 +18,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from ncg_jax import data, neighbors, plots, runs
+from ncg_jax import neighbors, plots, runs
 from ncg_jax.attacks import cw_l2
 from ncg_jax.inference import logits_and_features
 from ncg_jax.registry import ConfigError
@@ -42,14 +42,9 @@ def table(rows: dict) -> str:
 
 
 def run(cfg: common.ExperimentConfig, cw: dict, n_samples: int, log=print) -> dict:
-  ds = data.load(cfg.dataset, cfg.data_dir)
-  if ds.ood is None:
-    raise ConfigError(f"--dataset={cfg.dataset} holds no class out; use <base>wo<k>")
-  found = runs.find(cfg.workdir, cfg.dataset, cfg.model, cfg.seed, "pixel")
-  if not found:
-    raise ConfigError(f"no trained pixel-space runs for {cfg.dataset}/{cfg.model}/seed{cfg.seed} "
-                      f"in {cfg.workdir}; run experiments.ncg or experiments.train first")
-  out_dir = os.path.join(cfg.workdir, cfg.dataset, cfg.model, f"seed{cfg.seed}")
+  ds = common.load_heldout(cfg)
+  found = common.pixel_runs(cfg)
+  out_dir = common.results_dir(cfg)
   train_x = ds.train.x.astype(np.float32) / 255.0
   ood_dist, ood_idx = neighbors.nearest(train_x, ds.ood.x.astype(np.float32) / 255.0,
                                         backend=cfg.nn_backend)
@@ -87,12 +82,11 @@ def run(cfg: common.ExperimentConfig, cw: dict, n_samples: int, log=print) -> di
   results = {"flags": cfg.flags, "versions": common.versions(), "cw": cw, "runs": rows,
              "radii": {k: v["radii"] for k, v in hist.items()}}
   md = table(rows)
-  common.write_json(os.path.join(out_dir, "robustness.json"), results)
-  with open(os.path.join(out_dir, "robustness_table.md"), "w") as f:
-    f.write(f"# Robustness radius of OOD neighbours, {cfg.dataset} ({cfg.model})\n\n{md}\n")
+  common.write_tables(out_dir, "robustness", results,
+                      f"Robustness radius of OOD neighbours, {cfg.dataset} ({cfg.model})", md)
   plots.radius_histograms(hist, os.path.join(out_dir, "robustness_hist.png"),
                           f"{cfg.dataset}, {cfg.model}: neighbours' CW-L2 radius vs OOD distance")
-  log("\n" + md + f"\n\nwrote {out_dir}/{{robustness.json, robustness_table.md, robustness_hist.png}}")
+  log("\n" + md + f"\n\nwrote {out_dir}/{{robustness.json, robustness.md, robustness_hist.png}}")
   return results
 
 

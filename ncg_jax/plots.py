@@ -26,20 +26,22 @@ def ncg_vs_distance(curves: dict[str, dict[str, dict]], path: str, title: str) -
 
 def radius_histograms(rows: dict[str, dict], path: str, title: str) -> None:
   """rows[run] = {"radii": [...], "ood_dist": [...]}: log-L2 histograms of the robustness
-  radii of the attacked neighbours and of the OOD-to-neighbour distances (paper Fig. 3)."""
+  radii of the attacked neighbours and of the OOD-to-neighbour distances (paper Fig. 3),
+  on one shared axis."""
   import numpy as np
+  from matplotlib.ticker import NullFormatter
   runs = list(rows)
+  values = np.concatenate([np.r_[rows[r]["radii"], rows[r]["ood_dist"]] for r in runs])
+  values = values[values > 0]
+  lo, hi = (np.log10(values.min()), np.log10(values.max())) if values.size else (-1.0, 1.0)
+  bins = np.logspace(lo, hi + 1e-9, 30)
   fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.6), squeeze=False,
-                           sharey=True)
+                           sharey=True, sharex=True)
   for ax, run in zip(axes[0], runs):
-    r = np.asarray(rows[run]["radii"], float)
-    d = np.asarray(rows[run]["ood_dist"], float)
-    lo = np.log10(max(min(r.min(initial=np.inf), d.min(initial=np.inf)), 1e-3))
-    hi = np.log10(max(r.max(initial=0), d.max(initial=0), 10 ** (lo + 1)))
-    bins = np.logspace(lo, hi, 30)
-    ax.hist(r, bins=bins, alpha=0.6, label="robustness radius (CW-L2)")
-    ax.hist(d, bins=bins, alpha=0.6, label="OOD-to-neighbour distance")
+    ax.hist(rows[run]["radii"], bins=bins, alpha=0.6, label="robustness radius (CW-L2)")
+    ax.hist(rows[run]["ood_dist"], bins=bins, alpha=0.6, label="OOD-to-neighbour distance")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("L2 distance")
     ax.set_title(run)
   axes[0][0].set_ylabel("count")

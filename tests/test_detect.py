@@ -198,7 +198,6 @@ def test_search_reads_only_validation_inputs_and_picks_the_best_auroc(digits9):
   v_id, v_ood = Inputs(m, digits9.test.x[:40]), Inputs(m, digits9.ood.x[:30])
   t_id = Inputs(m, digits9.test.x[40:80])
   t_ood = Inputs(m, rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8))
-  from ncg_jax.detect import metrics
   for name in detect.DETECTORS.names():
     state, hp, trace = search(name, m, v_id, v_ood)
     if trace:
@@ -208,3 +207,43 @@ def test_search_reads_only_validation_inputs_and_picks_the_best_auroc(digits9):
       assert "_outputs" not in t.__dict__ and "nac_pooled" not in t.__dict__
   s = score("msp", None, t_id, {})
   assert s.shape == (40,) and np.all(np.isfinite(s))
+
+
+def test_mahalanobis_preprocessing_on_a_linear_feature_map():
+  rng = np.random.default_rng(6)
+  a = rng.normal(size=(5, 3)).astype(np.float32)
+  y = rng.integers(0, 2, 200)
+  h = rng.normal(size=(200, 3)) + 2 * y[:, None]
+  stats = detect.fit_mahalanobis(h, y, 2)
+  x = rng.random((15, 5)).astype(np.float32)
+  eps = 0.01
+  p, mu = stats["precision"].astype(np.float64), stats["means"].astype(np.float64)
+  f = x @ a
+  d = np.stack([np.einsum("bi,ij,bj->b", f - m, p, f - m) for m in mu], 1)
+  c = d.argmin(1)
+  grad = 2 * (f - mu[c]) @ p @ a.T  # d/dx of (xA - mu)^T P (xA - mu), P symmetric
+  x2 = x - eps * np.where(grad >= 0, 1.0, -1.0)
+  f2 = x2 @ a
+  ref = -np.min(np.stack([np.einsum("bi,ij,bj->b", f2 - m, p, f2 - m) for m in mu], 1), 1)
+  ours = detect.mahalanobis_preprocessed(lambda xx: xx @ a, stats, x, epsilon=eps)
+  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_ensemble_scores_are_per_layer_mahalanobis_of_mean_pooled_maps():
+  from ncg_jax.detect import distances
+  model = models.create("cnn002", 3)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  x = np.asarray(jax.random.uniform(jax.random.key(1), (60, 28, 28, 1)))
+  y = np.arange(60) % 3
+  layers = ("block1", "block2")
+  _, inter = model.apply({"params": params}, x, mutable=["intermediates"])
+  pooled = {n: np.asarray(inter["intermediates"][n][0]).mean(axis=(1, 2)) for n in layers}
+  stats = {n: detect.fit_mahalanobis(pooled[n], y, 3) for n in layers}
+  fn = lambda xx: distances.layer_features(model, {"params": params}, xx, layers)
+  ours = distances.ensemble_layer_scores(fn, stats, x[:10], epsilon=0.0)
+  for j, n in enumerate(layers):
+    cov = EmpiricalCovariance().fit(pooled[n] - stats[n]["means"][y])
+    ref = [max(-(v - m) @ cov.precision_ @ (v - m) for m in stats[n]["means"]) for v in pooled[n][:10]]
+    np.testing.assert_allclose(ours[:, j], ref, rtol=2e-3, atol=2e-3)
+  w = distances.fit_ensemble_weights(np.asarray(ours), np.asarray(ours) - 5.0)
+  assert w["weights"].shape == (2,)

@@ -1,6 +1,5 @@
 """End to end through the real entry points, in subprocesses, on the embedded digits."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -75,7 +74,7 @@ def test_robustness_experiment_on_a_tiny_budget(data_dir, tmp_path):
                  "--cw_binary_search_steps=3", "--cw_max_iterations=50", "--cw_initial_const=1")
   assert p.returncode == 0, p.stderr[-3000:]
   out = tmp_path / "digitswo9" / "cnn002" / "seed0"
-  for f in ("robustness.json", "robustness_table.md", "robustness_hist.png"):
+  for f in ("robustness.json", "robustness.md", "robustness_hist.png"):
     assert (out / f).exists(), f
   with open(out / "robustness.json") as f:
     res = json.load(f)

@@ -67,3 +67,48 @@ def fit_knn(train_features) -> np.ndarray:
 def knn(index, features, k: int = 50, backend: str = "auto"):
   dist, _ = neighbors.nearest(index, _normalize(features), k=k, backend=backend)
   return -dist[:, k - 1]
+
+
+def layer_features(model, variables, x, layers: tuple[str, ...]):
+  """{layer: [B, C]} spatial means of the named intermediates (Lee et al.'s feature maps)."""
+  _, inter = model.apply(variables, x, train=False, mutable=["intermediates"])
+  pool = lambda a: a.reshape(a.shape[0], -1, a.shape[-1]).mean(axis=1)
+  return {name: pool(inter["intermediates"][name][0]) for name in layers}
+
+
+@jax.jit
+def _ensemble_layer_scores(features_fn, stats, x, epsilon):
+  """[B, L]: per layer, input preprocessing against that layer's closest class, then its
+  Mahalanobis score (one VJP and one forward per layer, as Lee et al.)."""
+  cols = []
+  for name in sorted(stats):
+    def closest(xx, name=name):
+      return jnp.sum(jnp.min(mahalanobis_distances(stats[name], features_fn(xx)[name]), axis=-1))
+    g = jax.grad(closest)(x)
+    x2 = x - epsilon * jnp.where(g >= 0, 1.0, -1.0)
+    cols.append(mahalanobis(stats[name], features_fn(x2)[name]))
+  return jnp.stack(cols, axis=1)
+
+
+def ensemble_layer_scores(features_fn, stats: dict, x, *, epsilon: float = 0.0):
+  """Per-layer preprocessed Mahalanobis scores [B, L] (layers in sorted order);
+  `features_fn(x) -> {layer: [B, C]}`."""
+  return _ensemble_layer_scores(as_partial(features_fn), stats, jnp.asarray(x, jnp.float32),
+                                jnp.float32(epsilon))
+
+
+def fit_ensemble_weights(scores_id: np.ndarray, scores_ood: np.ndarray) -> dict:
+  """Logistic regression (cross-validated, as Lee et al.) from per-layer scores to
+  P(in-distribution); the ensemble score is its linear predictor."""
+  import warnings
+  from sklearn.linear_model import LogisticRegressionCV
+  x = np.concatenate([scores_id, scores_ood])
+  y = np.r_[np.ones(len(scores_id)), np.zeros(len(scores_ood))]
+  with warnings.catch_warnings():  # scikit-learn 1.9 announces default changes; none apply
+    warnings.simplefilter("ignore", FutureWarning)
+    lr = LogisticRegressionCV(cv=3, max_iter=1000, scoring="neg_log_loss").fit(x, y)
+  return {"weights": lr.coef_[0].astype(np.float32), "bias": np.float32(lr.intercept_[0])}
+
+
+def mahalanobis_ensemble(weights: dict, layer_scores):
+  return jnp.asarray(layer_scores) @ weights["weights"] + weights["bias"]

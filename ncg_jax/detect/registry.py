@@ -114,6 +114,52 @@ _register("mahalanobis",
           fit=lambda m: distances.fit_mahalanobis(m.train.features, m.train_y, m.num_classes))
 
 
+def _ensemble_fit(m: Model):
+  """Lee et al.'s layer ensemble: per-layer class statistics on the training split; the
+  layer weights from logistic regression on a training subset vs its FGSM-perturbed copies
+  (x + 0.05 sign(grad CE), clipped), as the GradNorm repository's tuning script; no
+  validation or test OOD data is used."""
+  t = m.trained
+  layers = m.nac_layers
+  fn = _layer_fn(t, layers)
+  train_feats = map_batches(lambda xb: fn(to_input(xb)), m.train_x, batch_size=256)
+  stats = {name: distances.fit_mahalanobis(train_feats[name], m.train_y, m.num_classes)
+           for name in layers}
+  idx = nac.balanced_subset(m.train_y, min(500, len(m.train_y)), m.num_classes, seed=2)
+  x = to_input(jnp.asarray(m.train_x[idx]))
+  logits_fn = t.logits_fn()
+  g = jax.grad(lambda xx: jnp.sum(optax_ce(logits_fn(xx), jnp.asarray(m.train_y[idx]))))(x)
+  x_adv = jnp.clip(x + 0.05 * jnp.sign(g), 0.0, 1.0)
+  s_id = np.asarray(distances.ensemble_layer_scores(fn, stats, x))
+  s_adv = np.asarray(distances.ensemble_layer_scores(fn, stats, x_adv))
+  return fn, stats, distances.fit_ensemble_weights(s_id, s_adv)
+
+
+def _layer_fn(t: Trained, layers):
+  return jax.tree_util.Partial(_layer_features_of(t.model, layers), t.variables())
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_features_of(model, layers):
+  return lambda variables, x: distances.layer_features(model, variables, x, layers)
+
+
+def optax_ce(logits, y):
+  import optax
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def _ensemble(st, s, hp):
+  fn, stats, weights = st
+  per_layer = map_batches(lambda xb: distances.ensemble_layer_scores(
+      fn, stats, to_input(xb), epsilon=hp["epsilon"]), s.x, batch_size=256)
+  return _f32(distances.mahalanobis_ensemble(weights, per_layer))
+
+
+_register("mahalanobis_ensemble", _ensemble, fit=_ensemble_fit,
+          grid=lambda m: {"epsilon": [0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01]})
+
+
 def _react(st, s, hp):
   model, train_features = st
   thr = scores.react_threshold(train_features, hp["percentile"])

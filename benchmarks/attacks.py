@@ -45,7 +45,8 @@ def main():
   tx = optax.sgd(0.01, momentum=0.9)
   for name in ("ce", "trades6", "advce"):
     step = make_train_step(model, losses.make_loss(name, attack), tx)
-    state = {"params": params, "model_state": {}, "opt": tx.init(params)}
+    fresh = jax.tree.map(jnp.copy, params)  # the step donates its state
+    state = {"params": fresh, "model_state": {}, "opt": tx.init(fresh)}
     x_u8 = jnp.asarray((rng.random((b, 28, 28, 1)) * 255).astype(np.uint8))
 
     def run_step():

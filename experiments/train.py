@@ -5,9 +5,8 @@ from absl import flags
 from experiments import common
 from ncg_jax import data, runs
 
-flags.DEFINE_string("loss", "ce", "Training loss.")
-flags.DEFINE_enum("space", "pixel", ["pixel"], "Pixel space only; feature-space heads are "
-                  "trained by experiments.ncg on the natural network's features.")
+flags.DEFINE_string("loss", "ce", "Training loss (pixel space; feature-space heads are "
+                    "trained by experiments.ncg on the natural network's features).")
 FLAGS = flags.FLAGS
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from ncg_jax.detect import distances, gradients, metrics, nac, scores
 from ncg_jax.inference import logits_and_features, map_batches
 from ncg_jax.registry import Registry
+from ncg_jax.train import losses
 from ncg_jax.train.trainer import Trained, to_input
 
 
@@ -128,7 +129,8 @@ def _ensemble_fit(m: Model):
   idx = nac.balanced_subset(m.train_y, min(500, len(m.train_y)), m.num_classes, seed=2)
   x = to_input(jnp.asarray(m.train_x[idx]))
   logits_fn = t.logits_fn()
-  g = jax.grad(lambda xx: jnp.sum(optax_ce(logits_fn(xx), jnp.asarray(m.train_y[idx]))))(x)
+  y = jnp.asarray(m.train_y[idx])
+  g = jax.grad(lambda xx: jnp.sum(losses.cross_entropy(logits_fn(xx), y)))(x)
   x_adv = jnp.clip(x + 0.05 * jnp.sign(g), 0.0, 1.0)
   s_id = np.asarray(distances.ensemble_layer_scores(fn, stats, x))
   s_adv = np.asarray(distances.ensemble_layer_scores(fn, stats, x_adv))
@@ -142,11 +144,6 @@ def _layer_fn(t: Trained, layers):
 @functools.lru_cache(maxsize=None)
 def _layer_features_of(model, layers):
   return lambda variables, x: distances.layer_features(model, variables, x, layers)
-
-
-def optax_ce(logits, y):
-  import optax
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
 
 def _ensemble(st, s, hp):

@@ -4,18 +4,21 @@ from typing import Callable
 import jax
 import numpy as np
 
+from ncg_jax import sharding
 from ncg_jax.data import eval_batches
 from ncg_jax.train.trainer import Trained, to_input
 
 
 def map_batches(fn: Callable, *arrays: np.ndarray, batch_size: int = 512):
-  """Applies a jitted `fn` to fixed-size batches of `arrays` (rows aligned) and returns its
-  outputs (a pytree of arrays) concatenated over all rows, padding removed."""
+  """Applies a jitted `fn` to fixed-size batches of `arrays` (rows aligned), split over
+  the devices, and returns its outputs (a pytree of arrays) concatenated over all rows,
+  padding removed."""
   n = len(arrays[0])
-  bs = min(batch_size, n)
+  bs = sharding.round_batch(min(batch_size, n))
   outs, masks = [], []
   for idx, mask in eval_batches(n, bs):
-    outs.append(fn(*(a[idx] for a in arrays)))
+    batch = sharding.shard(*(a[idx] for a in arrays))
+    outs.append(fn(*batch) if isinstance(batch, tuple) else fn(batch))
     masks.append(mask)
   outs = jax.device_get(outs)
   return jax.tree.map(lambda *xs: np.concatenate([x[m] for x, m in zip(xs, masks)]), *outs)

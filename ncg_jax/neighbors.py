@@ -74,10 +74,9 @@ def _faiss_search(db: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
   return idx
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _block_topk(q_QxD, db_NxBxD, n_valid, k: int):
-  """Scans database blocks, keeping the running k smallest squared distances per query.
-  Rows at or past `n_valid` are padding and never selected."""
+def _scan_topk(q_QxD, db_NxBxD, n_valid, offset0, k: int):
+  """Scans database blocks (rows offset0...), keeping the running k smallest squared
+  distances per query; rows at or past `n_valid` are padding and never selected."""
   q_sq = jnp.sum(q_QxD * q_QxD, axis=1, keepdims=True)
   block = db_NxBxD.shape[1]
 
@@ -87,16 +86,41 @@ def _block_topk(q_QxD, db_NxBxD, n_valid, k: int):
     db_sq = jnp.where(offset + jnp.arange(block) < n_valid, jnp.sum(db_BxD * db_BxD, axis=1), jnp.inf)
     d = q_sq - 2.0 * jnp.dot(q_QxD, db_BxD.T, precision=lax.Precision.HIGHEST) + db_sq
     neg, i = lax.top_k(-d, k)
-    all_d = jnp.concatenate([best_d, -neg], axis=1)
-    all_i = jnp.concatenate([best_i, i + offset], axis=1)
-    neg, sel = lax.top_k(-all_d, k)
-    return (-neg, jnp.take_along_axis(all_i, sel, axis=1)), None
+    return _merge(best_d, best_i, -neg, i + offset, k), None
 
   init = (jnp.full((q_QxD.shape[0], k), jnp.inf, q_QxD.dtype),
           jnp.zeros((q_QxD.shape[0], k), jnp.int32))
-  offsets = jnp.arange(db_NxBxD.shape[0], dtype=jnp.int32) * block
-  (_, idx), _ = lax.scan(body, init, (db_NxBxD, offsets))
-  return idx
+  offsets = offset0 + jnp.arange(db_NxBxD.shape[0], dtype=jnp.int32) * block
+  (d, idx), _ = lax.scan(body, init, (db_NxBxD, offsets))
+  return d, idx
+
+
+def _merge(d1, i1, d2, i2, k):
+  all_d, all_i = jnp.concatenate([d1, d2], axis=1), jnp.concatenate([i1, i2], axis=1)
+  neg, sel = lax.top_k(-all_d, k)
+  return -neg, jnp.take_along_axis(all_i, sel, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _block_topk(q_QxD, db_NxBxD, n_valid, k: int):
+  return _scan_topk(q_QxD, db_NxBxD, n_valid, 0, k)[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded_topk_fn(mesh, k: int):
+  """The database's blocks are split over the mesh; each device scans its own, then the
+  per-device top-k are gathered and merged (queries replicated)."""
+  spec = jax.sharding.PartitionSpec
+
+  def local(q, db_local, n_valid):
+    per_device = db_local.shape[0] * db_local.shape[1]
+    d, i = _scan_topk(q, db_local, n_valid, lax.axis_index("data") * per_device, k)
+    all_d = lax.all_gather(d, "data", axis=1, tiled=True)
+    all_i = lax.all_gather(i, "data", axis=1, tiled=True)
+    return _merge(all_d[:, :k], all_i[:, :k], all_d[:, k:], all_i[:, k:], k)[1]
+
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec(), spec("data"), spec()),
+                               out_specs=spec(), check_vma=False))
 
 
 def _balanced(n: int, max_block: int) -> tuple[int, int]:
@@ -113,14 +137,24 @@ def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
 
 def _jax_search(db: np.ndarray, q: np.ndarray, k: int, query_block: int,
                 db_block: int) -> np.ndarray:
+  from ncg_jax import sharding
   n, d = db.shape
+  n_dev = sharding.count()
   n_blocks, db_block = _balanced(n, db_block)
-  db_j = jnp.asarray(_pad_rows(db, n_blocks * db_block).reshape(n_blocks, db_block, d))
+  n_blocks = -(-n_blocks // n_dev) * n_dev  # every device holds the same number of blocks
+  db_block = -(-(-(-n // n_blocks)) // 8) * 8  # ceil(n / n_blocks), rounded up to 8
+  db_j = _pad_rows(db, n_blocks * db_block).reshape(n_blocks, db_block, d)
+  if n_dev > 1:
+    db_j = sharding.shard(db_j)
+    search = _sharded_topk_fn(sharding.mesh(), k)
+  else:
+    db_j = jnp.asarray(db_j)
+    search = functools.partial(_block_topk, k=k)
   _, query_block = _balanced(len(q), query_block)
   out = np.empty((len(q), k), np.int64)
   for s in range(0, len(q), query_block):
     chunk = q[s:s + query_block]
     # every call has one shape (one compilation): the last chunk is padded
-    idx = _block_topk(jnp.asarray(_pad_rows(chunk, query_block)), db_j, n, k)
+    idx = search(jnp.asarray(_pad_rows(chunk, query_block)), db_j, n)
     out[s:s + len(chunk)] = np.asarray(idx)[:len(chunk)]
   return out

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ncg_jax import models
+from ncg_jax import models, sharding
 from ncg_jax.data import Split, train_batches
 from ncg_jax.registry import ConfigError
 from ncg_jax.train import checkpoint, losses, optim
@@ -131,6 +131,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
   steps = train_batches(len(data), cfg.batch_size, cfg.seed, 0).shape[0]
   tx = optim.make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.milestones, steps)
   state = {"params": params, "model_state": model_state, "opt": tx.init(params)}
+  sharding.check_batch(cfg.batch_size)
+  state = sharding.replicate(state)  # restored checkpoints take the same placement
 
   mngr = checkpoint.manager(os.path.join(run_dir, "checkpoints"))
   start = mngr.latest_step() or 0
@@ -148,7 +150,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
     epoch_key = jax.random.fold_in(root, epoch)
     metrics = []
     for i, idx in enumerate(train_batches(len(data), cfg.batch_size, cfg.seed, epoch)):
-      state, m = step_fn(state, data.x[idx], data.y[idx], jax.random.fold_in(epoch_key, i))
+      x, y = sharding.shard(data.x[idx], data.y[idx])
+      state, m = step_fn(state, x, y, jax.random.fold_in(epoch_key, i))
       metrics.append(m)
     loss, acc = (np.asarray(v) for v in jax.device_get(tuple(zip(*metrics))))
     if not np.all(np.isfinite(loss)):

@@ -15,7 +15,7 @@ from ncg_jax import xla_cpu
 
 xla_cpu.configure()  # before any JAX computation: see ncg_jax/xla_cpu.py
 
-from ncg_jax import data, recipes  # noqa: E402
+from ncg_jax import data, recipes, sharding  # noqa: E402
 from ncg_jax.registry import ConfigError  # noqa: E402
 from ncg_jax.train.checkpoint import CheckpointError  # noqa: E402
 from ncg_jax.train.losses import AttackConfig  # noqa: E402
@@ -34,6 +34,14 @@ flags.DEFINE_integer("batch_size", None, "Training batch size (default: recipe).
 flags.DEFINE_float("lr", None, "Learning rate (default: recipe).")
 flags.DEFINE_string("optimizer", None, "sgd or adam (default: recipe).")
 flags.DEFINE_string("nn_backend", "auto", "Nearest-neighbour backend: auto, faiss or jax.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
+                  "Model compute precision; bfloat16 keeps float32 parameters, and attack "
+                  "inputs, perturbations and distances stay float32.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (one process "
+                  "per host; arguments auto-detected on TPU, SLURM and Open MPI).")
+flags.DEFINE_string("coordinator_address", None, "With --multihost: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "With --multihost: number of processes.")
+flags.DEFINE_integer("process_id", None, "With --multihost: this process's index.")
 flags.DEFINE_string("norm", "l2", "Threat model of the robust losses: l2 or linf.")
 flags.DEFINE_float("eps", 2.0, "Radius of the robust losses' perturbation ball.")
 flags.DEFINE_integer("attack_steps", 10, "Inner maximisation steps of the robust losses.")
@@ -81,7 +89,7 @@ def config_from_flags() -> ExperimentConfig:
     if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
       raise ConfigError(f"--{name} must be at least 1")
   common = dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
-                optimizer=FLAGS.optimizer, seed=FLAGS.seed)
+                optimizer=FLAGS.optimizer, seed=FLAGS.seed, precision=FLAGS.precision)
   return ExperimentConfig(
       dataset=FLAGS.dataset, model=FLAGS.model, losses=loss_names, workdir=FLAGS.workdir,
       data_dir=FLAGS.data_dir, seed=FLAGS.seed, nn_backend=FLAGS.nn_backend,
@@ -111,6 +119,8 @@ def versions() -> dict:
 
 
 def write_json(path: str, obj) -> None:
+  if not sharding.is_writer():
+    return
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "w") as f:
     json.dump(obj, f, indent=1, allow_nan=True)
@@ -139,6 +149,8 @@ def pixel_runs(cfg: ExperimentConfig) -> dict[str, dict]:
 
 
 def write_markdown(path: str, heading: str, md: str) -> None:
+  if not sharding.is_writer():
+    return
   with open(path, "w") as f:
     f.write(f"# {heading}\n\n{md}\n")
 
@@ -154,6 +166,8 @@ def run(main) -> None:
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)  # keep library INFO chatter (orbax, faiss) out
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen
+    if FLAGS.multihost:
+      sharding.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
       main(argv)
     except ConfigError as e:

@@ -14,7 +14,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from ncg_jax import data, ncg, neighbors, plots, runs
+from ncg_jax import data, ncg, neighbors, plots, runs, sharding
 from ncg_jax.inference import logits_and_features
 
 flags.DEFINE_enum("space", "both", ["pixel", "feature", "both"], "Where to search neighbours.")
@@ -102,12 +102,13 @@ def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], log=print) -> dic
       }
       curves[space][loss] = summary["ncg_vs_distance"]
       os.makedirs(out_dir, exist_ok=True)
-      np.savez_compressed(
-          os.path.join(out_dir, f"ncg_{space}_{loss}.npz"),
-          train_x=ds.train.x if space == "pixel" else db, train_y=ds.train.y,
-          ood_x=ds.ood.x if space == "pixel" else ood_q, ood_y_original=ds.ood.y,
-          ood_pred=ood_pred, nn_index=ood_idx[:, 0], nn_dist=ood_dist[:, 0],
-          test_pred=test_pred, test_nn_index=test_idx[:, 0])
+      if sharding.is_writer():
+        np.savez_compressed(
+            os.path.join(out_dir, f"ncg_{space}_{loss}.npz"),
+            train_x=ds.train.x if space == "pixel" else db, train_y=ds.train.y,
+            ood_x=ds.ood.x if space == "pixel" else ood_q, ood_y_original=ds.ood.y,
+            ood_pred=ood_pred, nn_index=ood_idx[:, 0], nn_dist=ood_dist[:, 0],
+            test_pred=test_pred, test_nn_index=test_idx[:, 0])
   results["seconds"] = time.perf_counter() - t_start
   md = table(results)
   common.write_json(os.path.join(out_dir, "results.json"), results)

@@ -17,10 +17,11 @@ def map_batches(fn: Callable, *arrays: np.ndarray, batch_size: int = 512):
   bs = sharding.round_batch(min(batch_size, n))
   outs, masks = [], []
   for idx, mask in eval_batches(n, bs):
-    batch = sharding.shard(*(a[idx] for a in arrays))
+    rows = sharding.local(idx)
+    batch = sharding.shard(*(a[rows] for a in arrays))
     outs.append(fn(*batch) if isinstance(batch, tuple) else fn(batch))
     masks.append(mask)
-  outs = jax.device_get(outs)
+  outs = sharding.to_host(outs)
   return jax.tree.map(lambda *xs: np.concatenate([x[m] for x, m in zip(xs, masks)]), *outs)
 
 

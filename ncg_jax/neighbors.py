@@ -5,7 +5,9 @@ squared) L2 distances, nearest first. Backends:
   faiss: `IndexFlatL2` (exact), on the GPUs when a GPU faiss build and a GPU are present;
   jax:   blocked `q @ db.T` + `lax.top_k`, running on whatever device JAX has (TPUs too).
 Both recompute the returned distances directly as ||q - db[i]|| in float32, so the
-distances agree across backends to float rounding.
+distances agree across backends to float rounding. With several devices the JAX backend
+splits the database's blocks over them (per-device top-k, gathered and merged), and faiss
+shards its GPU index over all GPUs; queries go in chunks, so memory stays bounded.
 """
 import functools
 
@@ -64,14 +66,17 @@ def _distances(db: np.ndarray, q: np.ndarray, idx: np.ndarray, chunk: int = 1024
   return out
 
 
-def _faiss_search(db: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+def _faiss_search(db: np.ndarray, q: np.ndarray, k: int, query_block: int = 65536) -> np.ndarray:
   import faiss
   index = faiss.IndexFlatL2(db.shape[1])
   if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-    index = faiss.index_cpu_to_all_gpus(index)
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True  # split the database over the GPUs (the default replicates it)
+    index = faiss.index_cpu_to_all_gpus(index, options)
   index.add(db)
-  _, idx = index.search(q, k)
-  return idx
+  # queries in chunks: the [chunk, k] results are all that grows with the query count
+  return np.concatenate([index.search(q[s:s + query_block], k)[1]
+                         for s in range(0, len(q), query_block)])
 
 
 def _scan_topk(q_QxD, db_NxBxD, n_valid, offset0, k: int):
@@ -145,16 +150,18 @@ def _jax_search(db: np.ndarray, q: np.ndarray, k: int, query_block: int,
   db_block = -(-(-(-n // n_blocks)) // 8) * 8  # ceil(n / n_blocks), rounded up to 8
   db_j = _pad_rows(db, n_blocks * db_block).reshape(n_blocks, db_block, d)
   if n_dev > 1:
-    db_j = sharding.shard(db_j)
+    db_j = sharding.shard(sharding.local(db_j))  # each process holds its devices' blocks
     search = _sharded_topk_fn(sharding.mesh(), k)
+    put = sharding.replicate
   else:
     db_j = jnp.asarray(db_j)
     search = functools.partial(_block_topk, k=k)
+    put = jnp.asarray
   _, query_block = _balanced(len(q), query_block)
   out = np.empty((len(q), k), np.int64)
   for s in range(0, len(q), query_block):
     chunk = q[s:s + query_block]
     # every call has one shape (one compilation): the last chunk is padded
-    idx = search(jnp.asarray(_pad_rows(chunk, query_block)), db_j, n)
-    out[s:s + len(chunk)] = np.asarray(idx)[:len(chunk)]
+    idx = search(put(_pad_rows(chunk, query_block)), db_j, n)
+    out[s:s + len(chunk)] = sharding.to_host(idx)[:len(chunk)]
   return out

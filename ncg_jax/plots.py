@@ -5,6 +5,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path: str, dpi: int) -> None:
+  from ncg_jax import sharding
+  if sharding.is_writer():  # only process 0 writes
+    fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+
+
 def ncg_vs_distance(curves: dict[str, dict[str, dict]], path: str, title: str) -> None:
   """curves[space][run] = ncg.ncg_vs_distance(...) output; one panel per space."""
   spaces = list(curves)
@@ -20,8 +27,7 @@ def ncg_vs_distance(curves: dict[str, dict[str, dict]], path: str, title: str) -
     ax.legend()
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path, dpi=120)
 
 
 def radius_histograms(rows: dict[str, dict], path: str, title: str) -> None:
@@ -48,8 +54,7 @@ def radius_histograms(rows: dict[str, dict], path: str, title: str) -> None:
   axes[0][0].legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path, dpi=120)
 
 
 def roc_curves(curves: dict[str, dict[str, tuple]], path: str, title: str) -> None:
@@ -67,5 +72,4 @@ def roc_curves(curves: dict[str, dict[str, tuple]], path: str, title: str) -> No
   axes[0][-1].legend(fontsize=7, loc="lower right")
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, dpi=110)

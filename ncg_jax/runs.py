@@ -11,6 +11,8 @@ import glob
 import json
 import os
 
+import jax.numpy as jnp
+
 from ncg_jax import models
 from ncg_jax.data import Split
 from ncg_jax.train import losses
@@ -30,10 +32,11 @@ def train_or_load(*, workdir: str, dataset: str, model_name: str, space: str, lo
   arch = model_name if space == "pixel" else "mlp"
   if attack is not None and space == "feature":
     attack = dataclasses.replace(attack, clip=None)  # features are unbounded
-  directory = run_dir(workdir, dataset, model_name, cfg.seed, space,
-                      losses.run_name(loss, attack))
+  name = losses.run_name(loss, attack) + ("" if cfg.precision == "float32" else f"-{cfg.precision}")
+  directory = run_dir(workdir, dataset, model_name, cfg.seed, space, name)
   log(f"[{space}/{loss}] {arch} on {len(data)} examples -> {directory}")
-  return train(models.create(arch, num_classes), data, cfg, directory, attack=attack,
+  model = models.create(arch, num_classes, dtype=jnp.dtype(cfg.precision))
+  return train(model, data, cfg, directory, attack=attack,
                meta={"arch": arch, "space": space}, log=log)
 
 

@@ -100,3 +100,22 @@ def test_a_run_with_other_settings_is_an_error_but_other_metadata_is_not(digits9
   msgs = []
   train(model, split, one, run, meta={"note": "b"}, log=msgs.append)  # reuses, no retrain
   assert not any("epoch" in m for m in msgs)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_outputs(digits9, tmp_path):
+  import jax.numpy as jnp
+  from ncg_jax import runs
+  from ncg_jax.inference import logits_and_features
+  split = small(digits9, 128)
+  cfg = dataclasses.replace(CFG, epochs=1, precision="bfloat16")
+  t = runs.train_or_load(workdir=str(tmp_path), dataset="digitswo9", model_name="cnn002",
+                         space="pixel", loss="ce", data=split, num_classes=9, cfg=cfg,
+                         log=lambda s: None)
+  assert t.model.dtype == jnp.bfloat16
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(t.params))
+  assert (tmp_path / "digitswo9" / "cnn002" / "seed0" / "pixel" / "ce-bfloat16").is_dir()
+  logits, feats = logits_and_features(t, split.x)
+  assert logits.dtype == np.float32 and np.all(np.isfinite(logits))
+  # the same parameters in float32 give nearly the same logits (bfloat16 has 8 mantissa bits)
+  f32 = models.create("cnn002", 9).apply({"params": t.params}, split.x[:32] / 255.0)[0]
+  np.testing.assert_allclose(logits[:32], f32, atol=0.05 * float(np.abs(f32).max()) + 1e-3)

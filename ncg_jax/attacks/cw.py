@@ -110,11 +110,13 @@ def cw_l2(logits_fn: Callable, x, y, *, binary_search_steps: int = 9,
   bs = sharding.round_batch(min(batch_size, len(x)))
   adv, succ = np.empty_like(x), np.zeros(len(x), bool)
   for idx, mask in eval_batches(len(x), bs):
-    xb, yb, mb = sharding.shard(x[idx], y[idx], mask)
+    rows = sharding.local(np.arange(len(idx)))
+    xb, yb, mb = sharding.shard(x[idx][rows], y[idx][rows], mask[rows])
     a, s = _cw_batch(fn, xb, yb, mb,
                      binary_search_steps=binary_search_steps, max_iterations=max_iterations,
                      learning_rate=learning_rate, initial_const=initial_const,
                      confidence=confidence, abort_early=abort_early)
+    a, s = sharding.to_host((a, s))
     keep = idx[mask]
-    adv[keep], succ[keep] = np.asarray(a)[mask], np.asarray(s)[mask]
+    adv[keep], succ[keep] = a[mask], s[mask]
   return adv, succ

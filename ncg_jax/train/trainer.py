@@ -35,6 +35,7 @@ class TrainConfig:
   epochs: int = 70
   milestones: tuple[int, ...] = (40, 50, 60)
   seed: int = 0
+  precision: str = "float32"  # or "bfloat16": model compute only; parameters stay float32
 
 
 class TrainingDiverged(RuntimeError):
@@ -113,9 +114,10 @@ def _check_config(run_dir: str, cfg: TrainConfig, settings: dict, meta: dict) ->
       raise ConfigError(
           f"{run_dir} holds a run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
           "use another --workdir or delete that run")
-  os.makedirs(run_dir, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(record, f, indent=1)
+  if sharding.is_writer():
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(record, f, indent=1)
 
 
 def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
@@ -150,10 +152,11 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
     epoch_key = jax.random.fold_in(root, epoch)
     metrics = []
     for i, idx in enumerate(train_batches(len(data), cfg.batch_size, cfg.seed, epoch)):
-      x, y = sharding.shard(data.x[idx], data.y[idx])
+      rows = sharding.local(idx)  # this process reads only its rows of the batch
+      x, y = sharding.shard(data.x[rows], data.y[rows])
       state, m = step_fn(state, x, y, jax.random.fold_in(epoch_key, i))
       metrics.append(m)
-    loss, acc = (np.asarray(v) for v in jax.device_get(tuple(zip(*metrics))))
+    loss, acc = (np.asarray(v) for v in sharding.to_host(tuple(zip(*metrics))))
     if not np.all(np.isfinite(loss)):
       bad = int(np.flatnonzero(~np.isfinite(loss))[0])
       raise TrainingDiverged(

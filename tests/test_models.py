@@ -68,3 +68,26 @@ def test_conv2d_matches_lax_values_and_both_gradients(padding):
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
   jax.config.update("jax_default_matmul_precision", None)
+
+
+def test_wrn_40_10_parameter_count_and_shapes():
+  model = models.create("wrn_40_10", 10)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  n = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"]))
+  assert abs(n - 55.8e6) < 0.1e6, n  # the paper's WRN-40-10: about 55.8M parameters
+  assert shapes["params"]["head"]["kernel"].shape == (640, 10)
+  assert len([k for k in shapes["params"] if k.startswith("stage")]) == 18  # 6 blocks x 3
+
+
+def test_small_wrn_trains_and_keeps_batchnorm_state():
+  model = models.create("wrn_10_1", 4)
+  params, state = models.init(model, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  assert "batch_stats" in state
+  x = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3))
+  (logits, feats), new = model.apply({"params": params, **state}, x, train=True,
+                                     mutable=["batch_stats"])
+  assert logits.shape == (8, 4) and feats.shape == (8, 64)
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), new["batch_stats"], state["batch_stats"])
+  assert all(jax.tree.leaves(moved))
+  eval_logits, _ = model.apply({"params": params, **state}, x, train=False)
+  assert np.all(np.isfinite(eval_logits))

@@ -12,11 +12,14 @@ import jax.numpy as jnp
 
 from ncg_jax.models.cnn002 import CNN002
 from ncg_jax.models.mlp import MLP
+from ncg_jax.models.wrn import WideResNet
 from ncg_jax.registry import Registry
 
 MODELS = Registry("model")
 MODELS.register("cnn002", CNN002)
 MODELS.register("mlp", MLP)
+MODELS.register("wrn_<depth>_<width>",
+                lambda depth, width, **kw: WideResNet(depth=int(depth), width=int(width), **kw))
 
 # Collections that belong to the model state (trained or running statistics). Everything
 # else `init` creates (perturbations, intermediates) is scratch and is dropped.

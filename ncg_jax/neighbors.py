@@ -128,10 +128,12 @@ def _sharded_topk_fn(mesh, k: int):
                                out_specs=spec(), check_vma=False))
 
 
-def _balanced(n: int, max_block: int) -> tuple[int, int]:
+def _balanced(n: int, max_block: int, multiple: int = 1) -> tuple[int, int]:
   """(number of blocks, block size) covering n rows with blocks of at most max_block rows
-  and the least padding (block size rounded up to a multiple of 8)."""
+  and the least padding (block size rounded up to a multiple of 8); the number of blocks is
+  a multiple of `multiple` (one share per device)."""
   n_blocks = -(-n // max_block)
+  n_blocks = -(-n_blocks // multiple) * multiple
   block = -(-n // n_blocks)
   return n_blocks, -(-block // 8) * 8
 
@@ -145,9 +147,7 @@ def _jax_search(db: np.ndarray, q: np.ndarray, k: int, query_block: int,
   from ncg_jax import sharding
   n, d = db.shape
   n_dev = sharding.count()
-  n_blocks, db_block = _balanced(n, db_block)
-  n_blocks = -(-n_blocks // n_dev) * n_dev  # every device holds the same number of blocks
-  db_block = -(-(-(-n // n_blocks)) // 8) * 8  # ceil(n / n_blocks), rounded up to 8
+  n_blocks, db_block = _balanced(n, db_block, multiple=n_dev)
   db_j = _pad_rows(db, n_blocks * db_block).reshape(n_blocks, db_block, d)
   if n_dev > 1:
     db_j = sharding.shard(sharding.local(db_j))  # each process holds its devices' blocks

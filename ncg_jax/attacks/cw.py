@@ -23,8 +23,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from ncg_jax import sharding
-from ncg_jax.data import eval_batches
+from ncg_jax.data import map_batches
 from ncg_jax.functional import as_partial
 
 _BIG = 1e10
@@ -107,16 +106,9 @@ def cw_l2(logits_fn: Callable, x, y, *, binary_search_steps: int = 9,
   x = np.asarray(x, np.float32)
   y = np.asarray(y, np.int32)
   fn = as_partial(logits_fn)
-  bs = sharding.round_batch(min(batch_size, len(x)))
-  adv, succ = np.empty_like(x), np.zeros(len(x), bool)
-  for idx, mask in eval_batches(len(x), bs):
-    rows = sharding.local(np.arange(len(idx)))
-    xb, yb, mb = sharding.shard(x[idx][rows], y[idx][rows], mask[rows])
-    a, s = _cw_batch(fn, xb, yb, mb,
-                     binary_search_steps=binary_search_steps, max_iterations=max_iterations,
-                     learning_rate=learning_rate, initial_const=initial_const,
-                     confidence=confidence, abort_early=abort_early)
-    a, s = sharding.to_host((a, s))
-    keep = idx[mask]
-    adv[keep], succ[keep] = a[mask], s[mask]
-  return adv, succ
+  return map_batches(
+      lambda xb, yb, mb: _cw_batch(fn, xb, yb, mb, binary_search_steps=binary_search_steps,
+                                   max_iterations=max_iterations, learning_rate=learning_rate,
+                                   initial_const=initial_const, confidence=confidence,
+                                   abort_early=abort_early),
+      x, y, batch_size=batch_size, with_mask=True)

@@ -1,7 +1,11 @@
-"""Batch index plans: deterministic shuffles for training, padded+masked batches for eval."""
-from typing import Iterator
+"""Batch index plans: deterministic shuffles for training, padded+masked batches for eval,
+and `map_batches`, which runs a jitted function over fixed-shape batches on all devices."""
+from typing import Callable, Iterator
 
+import jax
 import numpy as np
+
+from ncg_jax import sharding
 
 
 def train_batches(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
@@ -22,3 +26,22 @@ def eval_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarr
     idx = np.arange(start, start + batch_size)
     mask = idx < n
     yield np.where(mask, idx, 0), mask
+
+
+def map_batches(fn: Callable, *arrays: np.ndarray, batch_size: int = 512,
+                with_mask: bool = False):
+  """Applies a jitted `fn` to fixed-size batches of `arrays` (rows aligned), split over the
+  devices (each process feeds its rows), and returns its outputs (a pytree of arrays)
+  concatenated over all rows, padding removed. With `with_mask`, `fn` also receives the
+  batch's validity mask as its last argument (padding rows are False)."""
+  n = len(arrays[0])
+  bs = sharding.round_batch(min(batch_size, n))
+  pos = sharding.local(np.arange(bs))  # this process's positions in every batch
+  outs, masks = [], []
+  for idx, mask in eval_batches(n, bs):
+    local = [a[idx[pos]] for a in arrays] + ([mask[pos]] if with_mask else [])
+    batch = sharding.shard(*local)
+    outs.append(fn(*batch) if isinstance(batch, tuple) else fn(batch))
+    masks.append(mask)
+  outs = sharding.to_host(outs)
+  return jax.tree.map(lambda *xs: np.concatenate([x[m] for x, m in zip(xs, masks)]), *outs)

@@ -37,6 +37,8 @@ flags.DEFINE_string("nn_backend", "auto", "Nearest-neighbour backend: auto, fais
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                   "Model compute precision; bfloat16 keeps float32 parameters, and attack "
                   "inputs, perturbations and distances stay float32.")
+flags.DEFINE_bool("augment", None, "Random crop + horizontal flip in pixel-space training "
+                  "(default: the recipe's, off as in the paper).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (one process "
                   "per host; arguments auto-detected on TPU, SLURM and Open MPI).")
 flags.DEFINE_string("coordinator_address", None, "With --multihost: host:port of process 0.")
@@ -72,10 +74,12 @@ def _override(cfg: TrainConfig, **kw) -> TrainConfig:
   return dataclasses.replace(cfg, **kw)
 
 
-def config_from_flags() -> ExperimentConfig:
+def config_from_flags(dataset: str | None = None) -> ExperimentConfig:
+  """`dataset` replaces --dataset (experiments.corrupted passes the clean name of `<name>-c`)."""
   from ncg_jax import models, neighbors
   from ncg_jax.train import losses, optim
-  base, _ = data.parse_name(FLAGS.dataset)
+  dataset = dataset or FLAGS.dataset
+  base, _ = data.parse_name(dataset)
   models.MODELS.lookup(FLAGS.model)
   loss_names = tuple(s.strip() for s in FLAGS.losses.split(",") if s.strip())
   if not loss_names:
@@ -91,9 +95,9 @@ def config_from_flags() -> ExperimentConfig:
   common = dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
                 optimizer=FLAGS.optimizer, seed=FLAGS.seed, precision=FLAGS.precision)
   return ExperimentConfig(
-      dataset=FLAGS.dataset, model=FLAGS.model, losses=loss_names, workdir=FLAGS.workdir,
+      dataset=dataset, model=FLAGS.model, losses=loss_names, workdir=FLAGS.workdir,
       data_dir=FLAGS.data_dir, seed=FLAGS.seed, nn_backend=FLAGS.nn_backend,
-      pixel=_override(recipes.pixel(base), **common),
+      pixel=_override(recipes.pixel(base), augment=FLAGS.augment, **common),
       feature=_override(recipes.feature(base), **common),
       attack=AttackConfig(norm=FLAGS.norm, eps=FLAGS.eps, steps=FLAGS.attack_steps,
                           step_size=FLAGS.attack_step_size),
@@ -128,7 +132,7 @@ def write_json(path: str, obj) -> None:
 
 def results_dir(cfg: ExperimentConfig) -> str:
   """Where an experiment writes its results: beside the runs of its dataset/model/seed."""
-  return os.path.join(cfg.workdir, cfg.dataset, cfg.model, f"seed{cfg.seed}")
+  return os.path.join(cfg.workdir, data.dir_name(cfg.dataset), cfg.model, f"seed{cfg.seed}")
 
 
 def load_heldout(cfg: ExperimentConfig) -> data.Dataset:

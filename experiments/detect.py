@@ -6,8 +6,11 @@ For every pixel-space run in the workdir (natural and robust): a seeded 20% of t
 split is ID-validation and a seeded 20% of the held-out class is OOD-validation; each
 detector is fitted on the training split, its grid searched on the validation pair (APS,
 highest AUROC), then the remaining ID test images are scored against each OOD test set:
-the rest of the held-out class, uniform noise and Gaussian noise. Writes, beside the NCG
-results, detect_<ood set>.md / .json (run x detector x metric) and detect_roc_<ood set>.png.
+the rest of the held-out class, the dataset's external OOD sets where it has them (CIFAR-10:
+OpenOOD v1.5's near and far sets, `ncg_jax/data/ood_sets.py`), uniform noise and Gaussian
+noise. Writes, beside the NCG results, detect_<ood set>.md / .json (run x detector x metric),
+detect_roc_<ood set>.png, and detect_summary.md (AUROC and FPR95 per set with each group's
+mean: held-out class, near, far, noise).
 """
 import os
 import time
@@ -17,12 +20,14 @@ from absl import flags
 
 from experiments import common
 from ncg_jax import plots, runs
+from ncg_jax.data import ood_sets as ood_sets_lib
 from ncg_jax.detect import metrics
 from ncg_jax.detect.registry import DETECTORS, Inputs, Model, score, search
 from ncg_jax.registry import ConfigError
 
 flags.DEFINE_string("detectors", ",".join(DETECTORS.names()), "Comma-separated detectors.")
 flags.DEFINE_float("val_fraction", 0.2, "Share of ID test and held-out class used for APS.")
+flags.DEFINE_integer("max_ood", 10000, "Seeded sample size cap of each external OOD set.")
 FLAGS = flags.FLAGS
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood", "detection_error")
@@ -52,15 +57,35 @@ def table(rows: dict, ood_name: str) -> str:
   return "\n".join(out)
 
 
+def summary_table(rows: dict, groups: dict[str, list[str]], metric: str) -> tuple[dict, str]:
+  """One metric for every OOD set and each group's unweighted mean (OpenOOD's near/far
+  rows), per run and detector."""
+  sets = [name for name in rows]
+  means = {run: {det: {g: float(np.mean([rows[n][run][det][metric] for n in names]))
+                       for g, names in groups.items()}
+                 for det in dets} for run, dets in next(iter(rows.values())).items()}
+  head = sets + [f"{g} (mean)" for g in groups]
+  out = [f"### {metric} per OOD set", "", "| run | detector | " + " | ".join(head) + " |",
+         "|---|---|" + "---|" * len(head)]
+  for run, dets in means.items():
+    for det, by_group in dets.items():
+      vals = [rows[n][run][det][metric] for n in sets] + [by_group[g] for g in groups]
+      out.append(f"| {run} | {det} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+  return means, "\n".join(out)
+
+
 def run(cfg: common.ExperimentConfig, detectors: tuple[str, ...], val_fraction: float,
-        log=print) -> dict:
+        max_ood: int = 10000, log=print) -> dict:
   ds = common.load_heldout(cfg)
   found = common.pixel_runs(cfg)
   out_dir = common.results_dir(cfg)
   id_val, id_test = split_val(len(ds.test), val_fraction, cfg.seed)
   ood_val, ood_test = split_val(len(ds.ood), val_fraction, cfg.seed + 1)
-  ood_sets = {f"heldout_class_{ds.held_out}": ds.ood.x[ood_test],
-              **noise_sets(ds.test.x.shape[1:], len(id_test), cfg.seed)}
+  heldout = f"heldout_class_{ds.held_out}"
+  external = ood_sets_lib.load(ds.base, ds.test.x.shape[1:], cfg.data_dir, max_ood, cfg.seed, log)
+  noise = noise_sets(ds.test.x.shape[1:], len(id_test), cfg.seed)
+  ood_sets = {heldout: ds.ood.x[ood_test], **external, **noise}
+  groups = {"heldout": [heldout], **ood_sets_lib.groups(ds.base), "noise": list(noise)}
   log(f"ID val {len(id_val)} / test {len(id_test)}; OOD val {len(ood_val)} (class {ds.held_out}); "
       + ", ".join(f"{k} {len(v)}" for k, v in ood_sets.items()))
   rows = {name: {} for name in ood_sets}
@@ -86,11 +111,17 @@ def run(cfg: common.ExperimentConfig, detectors: tuple[str, ...], val_fraction: 
         curves[name][run_name][det] = metrics.roc(s_id, s_ood)
       log(f"[{run_name}] {det}: {', '.join(f'{k} {v:g}' for k, v in hp.items()) or 'no grid'}"
           f" ({len(trace) or 1} grid points, {time.perf_counter() - t0:.1f}s)")
+  group_means, summary_md = {}, []
+  for metric in ("auroc", "fpr95"):
+    group_means[metric], text = summary_table(rows, groups, metric)
+    summary_md.append(text)
   results = {"flags": cfg.flags, "versions": common.versions(),
              "splits": {"id_val": len(id_val), "id_test": len(id_test), "ood_val": len(ood_val),
                         **{k: len(v) for k, v in ood_sets.items()}},
-             "ood_sets": rows}
+             "groups": groups, "group_means": group_means, "ood_sets": rows}
   common.write_json(os.path.join(out_dir, "detect.json"), results)
+  common.write_markdown(os.path.join(out_dir, "detect_summary.md"),
+                        f"OOD detection, {cfg.dataset} ({cfg.model})", "\n\n".join(summary_md))
   md = []
   for name in ood_sets:
     md.append(table(rows[name], name))
@@ -98,7 +129,7 @@ def run(cfg: common.ExperimentConfig, detectors: tuple[str, ...], val_fraction: 
                         f"OOD detection, {cfg.dataset} ({cfg.model})", md[-1])
     plots.roc_curves(curves[name], os.path.join(out_dir, f"detect_roc_{name}.png"),
                      f"{cfg.dataset} vs {name}")
-  log("\n" + "\n\n".join(md) + f"\n\nwrote {out_dir}/detect_*.{{md,json,png}}")
+  log("\n" + "\n\n".join(md + summary_md) + f"\n\nwrote {out_dir}/detect_*.{{md,json,png}}")
   return results
 
 
@@ -111,7 +142,9 @@ def main(argv):
     raise ConfigError(f"--detectors is empty; valid: {', '.join(DETECTORS.names())}")
   if not 0 < FLAGS.val_fraction < 1:
     raise ConfigError("--val_fraction must be between 0 and 1")
-  run(common.config_from_flags(), names, FLAGS.val_fraction)
+  if FLAGS.max_ood < 1:
+    raise ConfigError("--max_ood must be at least 1")
+  run(common.config_from_flags(), names, FLAGS.val_fraction, FLAGS.max_ood)
 
 
 if __name__ == "__main__":

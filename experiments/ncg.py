@@ -7,8 +7,10 @@ head on the natural (`ce`) network's penultimate features; finds every OOD and I
 input's nearest training input (exact L2); and writes to <workdir>/<dataset>/<model>/seed<s>/:
 results.json, ncg_table.md, ncg_<space>_<run>.npz and ncg_vs_distance.png.
 """
+import dataclasses
 import os
 import time
+from typing import Callable
 
 import numpy as np
 from absl import flags
@@ -16,6 +18,7 @@ from absl import flags
 from experiments import common
 from ncg_jax import data, ncg, neighbors, plots, runs, sharding
 from ncg_jax.inference import logits_and_features
+from ncg_jax.train.trainer import Trained
 
 flags.DEFINE_enum("space", "both", ["pixel", "feature", "both"], "Where to search neighbours.")
 FLAGS = flags.FLAGS
@@ -52,48 +55,71 @@ def table(results: dict) -> str:
   return "\n".join(rows)
 
 
+@dataclasses.dataclass
+class Space:
+  """One space NCG is measured in: the training vectors neighbours are searched among, how
+  images become query vectors, and the models (by loss) whose predictions are scored."""
+  name: str
+  db: np.ndarray
+  embed: Callable[[np.ndarray], np.ndarray]  # uint8 images -> query vectors
+  models: dict[str, Trained]
+
+  def predict(self, loss: str, x: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
+    """Predicted labels of images x (feature space takes the already embedded `queries`)."""
+    inputs = x if self.name == "pixel" else (self.embed(x) if queries is None else queries)
+    return logits_and_features(self.models[loss], inputs)[0].argmax(-1)
+
+
+def build_spaces(cfg: common.ExperimentConfig, train: data.Split, num_classes: int,
+                 spaces: tuple[str, ...], log=print) -> dict[str, Space]:
+  """Trains (or reuses) every model the spaces need: pixel-space networks per loss and,
+  for feature space, MLP heads per loss on the natural network's penultimate features."""
+  train_kw = dict(workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model,
+                  num_classes=num_classes, attack=cfg.attack, log=log)
+  pixel_runs = {loss: runs.train_or_load(space="pixel", loss=loss, data=train,
+                                         cfg=cfg.pixel, **train_kw)
+                for loss in dict.fromkeys(([NATURAL] if "feature" in spaces else []) +
+                                          (list(cfg.losses) if "pixel" in spaces else []))}
+  out = {}
+  for space in spaces:
+    if space == "pixel":
+      out[space] = Space(space, _pixels(train.x), _pixels,
+                         {k: v for k, v in pixel_runs.items() if k in cfg.losses})
+    else:
+      natural = pixel_runs[NATURAL]
+      embed = lambda x, natural=natural: logits_and_features(natural, x)[1]
+      db = embed(train.x)
+      models = {loss: runs.train_or_load(space="feature", loss=loss, data=data.Split(db, train.y),
+                                         cfg=cfg.feature, **train_kw) for loss in cfg.losses}
+      out[space] = Space(space, db, embed, models)
+  return out
+
+
 def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], log=print) -> dict:
   t_start = time.perf_counter()
   ds = common.load_heldout(cfg)
   out_dir = common.results_dir(cfg)
   log(f"{cfg.dataset}: {len(ds.train)} train, {len(ds.test)} test, {len(ds.ood)} OOD "
       f"(class {ds.held_out}), K={ds.num_classes}")
-  train_kw = dict(workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model,
-                  num_classes=ds.num_classes, attack=cfg.attack)
-  pixel_runs = {loss: runs.train_or_load(space="pixel", loss=loss, data=ds.train,
-                                         cfg=cfg.pixel, **train_kw)
-                for loss in dict.fromkeys(([NATURAL] if "feature" in spaces else []) +
-                                          (list(cfg.losses) if "pixel" in spaces else []))}
-
+  built = build_spaces(cfg, ds.train, ds.num_classes, spaces, log)
   results = {"flags": cfg.flags, "versions": common.versions(),
              "dataset": {"name": ds.name, "held_out": ds.held_out, "num_classes": ds.num_classes,
                          "train": len(ds.train), "test": len(ds.test), "ood": len(ds.ood),
                          "label_map": "new = old if old < k else old - 1"},
              "nn_backend": neighbors.resolve_backend(cfg.nn_backend), "spaces": {}}
   curves = {}
-  for space in spaces:
-    if space == "pixel":
-      db, test_q, ood_q = _pixels(ds.train.x), _pixels(ds.test.x), _pixels(ds.ood.x)
-      models = pixel_runs
-    else:
-      natural = pixel_runs[NATURAL]
-      db, test_q, ood_q = (logits_and_features(natural, x)[1]
-                           for x in (ds.train.x, ds.test.x, ds.ood.x))
-      feature_data = data.Split(db, ds.train.y)
-      models = {loss: runs.train_or_load(space="feature", loss=loss, data=feature_data,
-                                         cfg=cfg.feature, **train_kw) for loss in cfg.losses}
+  for space, sp in built.items():
+    test_q, ood_q = sp.embed(ds.test.x), sp.embed(ds.ood.x)
     t0 = time.perf_counter()
-    ood_dist, ood_idx = neighbors.nearest(db, ood_q, k=1, backend=cfg.nn_backend)
-    _, test_idx = neighbors.nearest(db, test_q, k=1, backend=cfg.nn_backend)
+    ood_dist, ood_idx = neighbors.nearest(sp.db, ood_q, k=1, backend=cfg.nn_backend)
+    _, test_idx = neighbors.nearest(sp.db, test_q, k=1, backend=cfg.nn_backend)
     ood_nn_y, test_nn_y = ds.train.y[ood_idx[:, 0]], ds.train.y[test_idx[:, 0]]
     log(f"[{space}] nearest neighbours of {len(ood_q)} OOD and {len(test_q)} test inputs "
-        f"among {len(db)} ({time.perf_counter() - t0:.1f}s)")
+        f"among {len(sp.db)} ({time.perf_counter() - t0:.1f}s)")
     results["spaces"][space], curves[space] = {}, {}
-    for loss, trained in models.items():
-      if loss not in cfg.losses:
-        continue
-      ood_pred = logits_and_features(trained, ood_q if space == "feature" else ds.ood.x)[0].argmax(-1)
-      test_pred = logits_and_features(trained, test_q if space == "feature" else ds.test.x)[0].argmax(-1)
+    for loss in sp.models:
+      ood_pred = sp.predict(loss, ds.ood.x, ood_q)
+      test_pred = sp.predict(loss, ds.test.x, test_q)
       summary = ncg.summarize(ood_pred, ood_nn_y, ood_dist[:, 0], ds.num_classes)
       results["spaces"][space][loss] = {
           "test_accuracy": float(np.mean(test_pred == ds.test.y)),
@@ -105,7 +131,7 @@ def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], log=print) -> dic
       if sharding.is_writer():
         np.savez_compressed(
             os.path.join(out_dir, f"ncg_{space}_{loss}.npz"),
-            train_x=ds.train.x if space == "pixel" else db, train_y=ds.train.y,
+            train_x=ds.train.x if space == "pixel" else sp.db, train_y=ds.train.y,
             ood_x=ds.ood.x if space == "pixel" else ood_q, ood_y_original=ds.ood.y,
             ood_pred=ood_pred, nn_index=ood_idx[:, 0], nn_dist=ood_dist[:, 0],
             test_pred=test_pred, test_nn_index=test_idx[:, 0])

@@ -22,8 +22,12 @@ def _chisquare(match: np.ndarray, p_match: float) -> dict:
   n = match.size
   observed = np.array([n - match.sum(), match.sum()], dtype=np.float64)
   expected = np.array([n * (1.0 - p_match), n * p_match])
-  res = stats.chisquare(observed, expected)
-  return {"statistic": float(res.statistic), "pvalue": float(res.pvalue),
+  if 0.0 < p_match < 1.0:
+    res = stats.chisquare(observed, expected)
+    statistic, pvalue = float(res.statistic), float(res.pvalue)
+  else:  # a null that allows only one outcome has no chi-square test
+    statistic = pvalue = float("nan")
+  return {"statistic": statistic, "pvalue": pvalue,
           "observed_match_rate": float(match.mean()), "chance_match_rate": float(p_match),
           "n": int(n)}
 
@@ -73,3 +77,34 @@ def summarize(pred: np.ndarray, nn_label: np.ndarray, nn_dist: np.ndarray,
       "ncg_vs_distance": ncg_vs_distance(pred, nn_label, nn_dist),
       "mean_nn_dist": float(np.mean(nn_dist)),
   }
+
+
+def conditional_accuracy(pred: np.ndarray, label: np.ndarray, nn_label: np.ndarray) -> dict:
+  """Accuracy where NCG holds (pred == nn label) vs where it fails, and the paper's one-sided
+  Welch t-test (`ttest_ind(equal_var=False, alternative="greater")`) of the per-example
+  correctness of the first group against the second. For labelled OOD-ish inputs such as
+  corrupted test images. NaN statistics where a group has fewer than two examples."""
+  correct = (np.asarray(pred) == np.asarray(label)).astype(np.float64)
+  holds = np.asarray(pred) == np.asarray(nn_label)
+  a, b = correct[holds], correct[~holds]
+  t, p = (stats.ttest_ind(a, b, equal_var=False, alternative="greater")
+          if len(a) > 1 and len(b) > 1 else (np.nan, np.nan))
+  return {"acc_ncg_holds": float(a.mean()) if len(a) else float("nan"),
+          "acc_ncg_fails": float(b.mean()) if len(b) else float("nan"),
+          "n_holds": int(len(a)), "n_fails": int(len(b)),
+          "welch_t": float(t), "welch_p": float(p)}
+
+
+def paired_summary(robust: np.ndarray, natural: np.ndarray) -> dict:
+  """Robust-minus-natural difference and robust/natural ratio over matched cells (e.g.
+  corruption x severity), each as mean and standard error of the mean (`scipy.stats.sem`),
+  as the paper's Table 4."""
+  robust, natural = np.asarray(robust, np.float64), np.asarray(natural, np.float64)
+  diff = robust - natural
+  with np.errstate(divide="ignore", invalid="ignore"):
+    ratio = robust / natural
+  ratio = ratio[np.isfinite(ratio)]
+  sem = lambda v: float(stats.sem(v)) if len(v) > 1 else float("nan")
+  return {"diff_mean": float(diff.mean()), "diff_sem": sem(diff),
+          "ratio_mean": float(ratio.mean()) if len(ratio) else float("nan"), "ratio_sem": sem(ratio),
+          "n_cells": int(len(diff)), "n_ratio_cells": int(len(ratio))}

@@ -73,3 +73,24 @@ def roc_curves(curves: dict[str, dict[str, tuple]], path: str, title: str) -> No
   fig.suptitle(title)
   fig.tight_layout()
   _save(fig, path, dpi=110)
+
+
+def ncg_vs_severity(curves: dict[str, dict[str, dict]], path: str, title: str) -> None:
+  """curves[space][run] = {severity: {"mean", "sem"}}: NCG (mean +- SEM over corruptions)
+  against corruption severity, one line per run, one panel per space."""
+  spaces = list(curves)
+  fig, axes = plt.subplots(1, len(spaces), figsize=(5 * len(spaces), 4), squeeze=False)
+  for ax, space in zip(axes[0], spaces):
+    for run, by_sev in curves[space].items():
+      sev = sorted(by_sev, key=int)
+      ax.errorbar([int(s) for s in sev], [by_sev[s]["mean"] for s in sev],
+                  yerr=[by_sev[s]["sem"] for s in sev], marker="o", capsize=3, label=run)
+    ax.set_xlabel("corruption severity")
+    ax.set_ylabel("NCG (mean ± SEM over corruptions)")
+    ax.set_title(f"{space} space")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  _save(fig, path, dpi=120)

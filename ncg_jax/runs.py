@@ -3,6 +3,7 @@
 A run is one model trained with one loss in one space (pixel: the named network on images;
 feature: an MLP head on the natural network's features). Its directory is
   <workdir>/<dataset>/<model>/seed<seed>/<space>/<run name>/
+(`<dataset>` is `data.dir_name(dataset)`: user datasets' paths become one directory name)
 holding `config.json` and orbax `checkpoints/`. `experiments.train`, `experiments.ncg` and
 every later experiment find the same runs there.
 """
@@ -14,7 +15,7 @@ import os
 import jax.numpy as jnp
 
 from ncg_jax import models
-from ncg_jax.data import Split
+from ncg_jax.data import Split, dir_name
 from ncg_jax.train import losses
 from ncg_jax.train.trainer import Trained, TrainConfig, train
 
@@ -22,7 +23,7 @@ SPACES = ("pixel", "feature")
 
 
 def run_dir(workdir: str, dataset: str, model: str, seed: int, space: str, run: str) -> str:
-  return os.path.join(workdir, dataset, model, f"seed{seed}", space, run)
+  return os.path.join(workdir, dir_name(dataset), model, f"seed{seed}", space, run)
 
 
 def train_or_load(*, workdir: str, dataset: str, model_name: str, space: str, loss: str,
@@ -32,7 +33,8 @@ def train_or_load(*, workdir: str, dataset: str, model_name: str, space: str, lo
   arch = model_name if space == "pixel" else "mlp"
   if attack is not None and space == "feature":
     attack = dataclasses.replace(attack, clip=None)  # features are unbounded
-  name = losses.run_name(loss, attack) + ("" if cfg.precision == "float32" else f"-{cfg.precision}")
+  name = (losses.run_name(loss, attack) + ("" if cfg.precision == "float32" else f"-{cfg.precision}")
+          + ("-aug" if cfg.augment else ""))
   directory = run_dir(workdir, dataset, model_name, cfg.seed, space, name)
   log(f"[{space}/{loss}] {arch} on {len(data)} examples -> {directory}")
   model = models.create(arch, num_classes, dtype=jnp.dtype(cfg.precision))

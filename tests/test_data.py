@@ -47,9 +47,11 @@ def test_heldout_class_absent_and_labels_reindexed(data_dir):
     assert len(ds.ood) == n_k and np.all(ds.ood.y == k)
 
 
-@pytest.mark.parametrize("name,msg", [("digitswo10", "out of range"), ("nope", "unknown dataset"),
-                                       ("mnistwo9", "not yet available"),
-                                       ("cifar10", "not yet available")])
+@pytest.mark.parametrize("name,msg", [
+    ("digitswo10", "out of range"), ("nope", "unknown dataset"), ("cifar10wo10", "out of range"),
+    ("mnistwo9", r"python -m ncg_jax.data.prepare mnist --data_dir="),
+    ("cifar100coarse", r"pip install '.\[tf\]' && python -m ncg_jax.data.prepare cifar100coarse"),
+    ("npz:/no/such/file.npz", "does not exist"), ("folder:/no/such/dir", "needs a 'train'")])
 def test_bad_names(name, msg, data_dir):
   with pytest.raises(ConfigError, match=msg):
     data.load(name, data_dir)

@@ -8,10 +8,11 @@ from conftest import run_module
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--dataset=cifar10wo0"], "not yet available"),
+    (["--dataset=cifar10wo0"], "python -m ncg_jax.data.prepare cifar10 --data_dir="),
     (["--dataset=digitswo10"], "valid: 0..9"),
     (["--dataset=bogus"], "unknown dataset"),
     (["--model=resnet9000"], "valid: cnn002"),
+    (["--dataset=npz:/no/such.npz"], "does not exist"),
     (["--losses=ce,hinge"], "unknown loss 'hinge'; valid: ce"),
 ])
 def test_bad_input_exits_2_with_one_line(args, msg, data_dir, tmp_path):

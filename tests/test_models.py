@@ -91,3 +91,63 @@ def test_small_wrn_trains_and_keeps_batchnorm_state():
   assert all(jax.tree.leaves(moved))
   eval_logits, _ = model.apply({"params": params, **state}, x, train=False)
   assert np.all(np.isfinite(eval_logits))
+
+
+# Parameter counts of the PyTorch reference implementations (BatchNorm scale and bias count
+# as parameters there too): OpenOOD's ResNet18_32x32 with 10 classes 11,173,962; torchvision's
+# resnet50 25,557,032 with 1,000 classes, i.e. 23,508,032 + 2049 x 100 with 100; the
+# DenseNet-BC (L=100, k=12) of ODIN with 10 classes 769,162.
+@pytest.mark.parametrize("name,shape,k,count,inter", [
+    ("resnet18", (32, 32, 3), 10, 11_173_962,
+     {"layer1": (32, 32, 64), "layer2": (16, 16, 128), "layer3": (8, 8, 256), "layer4": (4, 4, 512),
+      "features": (512,)}),
+    ("resnet50", (112, 112, 3), 100, 23_508_032 + 2049 * 100,
+     {"layer1": (28, 28, 256), "layer2": (14, 14, 512), "layer3": (7, 7, 1024),
+      "layer4": (4, 4, 2048), "features": (2048,)}),
+    ("densenet_bc_100_12", (32, 32, 3), 10, 769_162,
+     {"block1": (32, 32, 216), "block2": (16, 16, 300), "block3": (8, 8, 342), "features": (342,)}),
+])
+def test_architectures_shapes_and_parameter_counts(name, shape, k, count, inter):
+  model = models.create(name, k)
+  x = jnp.zeros((2, *shape))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+  assert sum(p.size for p in jax.tree.leaves(variables["params"])) == count
+  assert variables["params"]["head"]["kernel"].shape[1] == k
+  (logits, feats), sown = jax.eval_shape(
+      lambda: model.apply(model.init(jax.random.key(0), x), x, mutable=["intermediates"]))
+  assert logits.shape == (2, k) and feats.shape == (2, inter["features"][0])
+  assert {n: v[0].shape[1:] for n, v in sown["intermediates"].items()} == inter
+  assert set(variables["perturbations"]) == set(inter)
+
+
+def test_normalisation_lives_inside_the_model():
+  from ncg_jax.models.layers import normalize
+  from ncg_jax.models.resnet import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, ResNet
+  x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
+  want = (np.asarray(x) - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+  np.testing.assert_allclose(normalize(x, IMAGENET_MEAN, IMAGENET_STD), want, rtol=1e-5, atol=1e-6)
+  # resnet18 takes [0, 1] pixels and normalises them itself: the same network without
+  # normalisation, fed normalised pixels, computes the same logits
+  model = models.create("resnet18", 3)
+  v = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+  x = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+  plain = ResNet(3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+  a = model.apply(v, x)[0]
+  b = plain.apply(v, normalize(x, CIFAR10_MEAN, CIFAR10_STD))[0]
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_augment_is_a_padded_crop_or_its_mirror():
+  from ncg_jax.train.trainer import augment
+  x = jax.random.uniform(jax.random.key(0), (16, 8, 8, 3))
+  out = np.asarray(augment(x, jax.random.key(1)))
+  padded = np.pad(np.asarray(x), ((0, 0), (4, 4), (4, 4), (0, 0)))
+  flips = 0
+  for i in range(16):
+    windows = [padded[i, a:a + 8, b:b + 8] for a in range(9) for b in range(9)]
+    plain = any(np.array_equal(out[i], w) for w in windows)
+    mirrored = any(np.array_equal(out[i], w[:, ::-1]) for w in windows)
+    assert plain or mirrored
+    flips += mirrored and not plain
+  assert 0 < flips < 16
+  np.testing.assert_array_equal(augment(x, jax.random.key(1)), out)  # a function of the key

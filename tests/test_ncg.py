@@ -53,3 +53,30 @@ def test_ncg_vs_distance_equal_count_bins():
   np.testing.assert_allclose(out["sem"], [stats.sem(match[b].astype(float)) for b in ref_bins])
   assert out["mean"][0] == 1.0 and out["mean"][-1] == 0.0
   assert all(lo <= hi for lo, hi in zip(out["dist_lo"], out["dist_hi"]))
+
+
+def test_conditional_accuracy_welch_by_hand():
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 5, 400)
+  nn_y = np.where(rng.random(400) < 0.5, y, rng.integers(0, 5, 400))
+  pred = np.where(rng.random(400) < 0.6, nn_y, rng.integers(0, 5, 400))
+  r = ncg.conditional_accuracy(pred, y, nn_y)
+  holds = pred == nn_y
+  a, b = (pred == y)[holds].astype(float), (pred == y)[~holds].astype(float)
+  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  t = (a.mean() - b.mean()) / np.sqrt(va + vb)
+  dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+  from scipy.special import stdtr
+  p = 1 - stdtr(dof, t)  # one-sided: first group more accurate
+  assert r["n_holds"] == holds.sum() and np.isclose(r["acc_ncg_holds"], a.mean())
+  assert np.isclose(r["welch_t"], t) and np.isclose(r["welch_p"], p)
+
+
+def test_paired_summary_mean_and_sem():
+  rob, nat = np.array([0.3, 0.5, 0.4, 0.2]), np.array([0.1, 0.25, 0.2, 0.0])
+  s = ncg.paired_summary(rob, nat)
+  d = rob - nat
+  assert np.isclose(s["diff_mean"], d.mean()) and np.isclose(s["diff_sem"], d.std(ddof=1) / 2)
+  r = rob[:3] / nat[:3]  # the natural-NCG-zero cell has no ratio
+  assert s["n_ratio_cells"] == 3 and np.isclose(s["ratio_mean"], r.mean())
+  assert np.isclose(s["ratio_sem"], r.std(ddof=1) / np.sqrt(3))

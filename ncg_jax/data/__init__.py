@@ -1,5 +1,10 @@
 """Datasets by name: `<base>` (all classes) or `<base>wo<k>` (class k held out).
 
+Bases (`sources.py`): `digits` (embedded, offline), `mnist`, `cifar10`, `cifar100coarse`,
+`imgnet100` (prepared TFDS datasets, read with `tfds.data_source`), and a user's own data as
+`npz:PATH[:wo<k>]` or `folder:PATH[:wo<k>]` (TFDS ImageFolder layout). Corrupted versions
+(`<name>-c`) live in `corruptions.py`.
+
 `load(name)` returns a `Dataset` of uint8 NHWC images held in host memory:
   train: the base train split without class k, labels re-indexed to 0..K-2;
   test:  the base test split without class k, same re-indexing (in-distribution test);
@@ -8,6 +13,8 @@ Re-indexing (documented and invertible): new = old if old < k else old - 1, and 
 old = new if new < k else new + 1 (`Dataset.to_original`).
 """
 import dataclasses
+import hashlib
+import os
 import re
 
 import numpy as np
@@ -16,7 +23,6 @@ from ncg_jax.data.batching import eval_batches, map_batches, train_batches  # no
 from ncg_jax.registry import ConfigError, Registry
 
 BASES = Registry("dataset")
-_RESERVED = ("mnist", "cifar10", "cifar100coarse", "imgnet100")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,61 +65,87 @@ class Source:
     raise NotImplementedError
 
 
+_USER = re.compile(r"(?P<kind>npz|folder):(?P<path>.+?)(?::wo(?P<k>\d+))?")
+_NAMED = re.compile(r"(?P<base>[a-z0-9_]+?)(?:wo(?P<k>\d+))?")
+
+
+def _available() -> str:
+  return (f"{', '.join(BASES.names())} (each also as <name>wo<k>, k a class index), "
+          "npz:PATH[:wo<k>] or folder:PATH[:wo<k>]")
+
+
+def resolve(name: str) -> tuple[str, Source, int | None]:
+  """'digitswo9' -> ('digits', <digits source>, 9); 'npz:/d/x.npz:wo3' -> ('npz', <npz
+  source>, 3). The first item keys the training recipe. Validates k."""
+  user = _USER.fullmatch(name)
+  named = _NAMED.fullmatch(name)
+  if user:
+    base, k = user["kind"], user["k"]
+    source = USER_SOURCES[base](user["path"])
+  elif named and named["base"] in BASES:
+    base, k = named["base"], named["k"]
+    source = BASES.get(base)
+  else:
+    raise ConfigError(f"unknown dataset '{name}'; available: {_available()}")
+  k = None if k is None else int(k)
+  if k is not None and not 0 <= k < source.num_classes:
+    raise ConfigError(f"held-out class {k} out of range for '{name}'; "
+                      f"valid: 0..{source.num_classes - 1}")
+  return base, source, k
+
+
 def parse_name(name: str) -> tuple[str, int | None]:
-  """'digitswo9' -> ('digits', 9); 'digits' -> ('digits', None). Validates k."""
-  m = re.fullmatch(r"(?P<base>[a-z0-9_]+?)(?:wo(?P<k>\d+))?", name)
-  base = m["base"] if m else name
-  if base in _RESERVED and base not in BASES:
-    raise ConfigError(f"dataset '{base}' is not yet available; available: "
-                      f"{', '.join(BASES.names())} (each also as <name>wo<k>)")
-  if not m or base not in BASES:
-    raise ConfigError(f"unknown dataset '{name}'; available: {', '.join(BASES.names())} "
-                      f"(each also as <name>wo<k>, k a class index)")
-  k = None if m["k"] is None else int(m["k"])
-  n_cls = BASES.get(base).num_classes
-  if k is not None and not 0 <= k < n_cls:
-    raise ConfigError(f"held-out class {k} out of range for '{base}'; valid: 0..{n_cls - 1}")
+  """'digitswo9' -> ('digits', 9); 'digits' -> ('digits', None); 'npz:x.npz:wo1' -> ('npz', 1)."""
+  base, _, k = resolve(name)
   return base, k
 
 
-def load(name: str, data_dir: str | None = None) -> Dataset:
-  base, k = parse_name(name)
-  (train_x, train_y), (test_x, test_y), class_names = BASES.get(base).read(data_dir)
+def dir_name(name: str) -> str:
+  """A dataset name as one directory name: user datasets become
+  `<kind>-<file stem>-<hash of the absolute path>[wo<k>]`, others stay as they are."""
+  user = _USER.fullmatch(name)
+  if not user:
+    return name
+  path = os.path.abspath(user["path"])
+  stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(path.rstrip("/")))[0])
+  digest = hashlib.sha1(path.encode()).hexdigest()[:8]
+  return f"{user['kind']}-{stem}-{digest}" + (f"wo{user['k']}" if user["k"] else "")
+
+
+def split_per_class(labels: np.ndarray, test_fraction: float = 0.2, seed: int = 0
+                    ) -> dict[str, np.ndarray]:
+  """A fixed train/test split: per class, a permutation from `seed` puts `test_fraction`
+  of the indices in test. Returns sorted index arrays."""
+  rng = np.random.default_rng(seed)
+  train, test = [], []
+  for c in np.unique(labels):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    n_test = int(round(test_fraction * len(idx)))
+    test.append(idx[:n_test])
+    train.append(idx[n_test:])
+  return {"train": np.sort(np.concatenate(train)), "test": np.sort(np.concatenate(test))}
+
+
+def hold_out(name: str, base: str, k: int | None, train: Split, test: Split,
+             class_names) -> Dataset:
+  """The `Dataset` of `name` from a base dataset's splits: class k (if any) moves to `ood`."""
   n_cls = len(class_names)
   if k is None:
-    return Dataset(name, base, None, Split(train_x, train_y), Split(test_x, test_y), None,
-                   n_cls, tuple(class_names))
-  keep_tr, keep_te = train_y != k, test_y != k
+    return Dataset(name, base, None, train, test, None, n_cls, tuple(class_names))
+  keep_tr, keep_te = train.y != k, test.y != k
   shift = lambda y: (y - (y > k)).astype(np.int32)
-  ood = Split(np.concatenate([train_x[~keep_tr], test_x[~keep_te]]),
-              np.concatenate([train_y[~keep_tr], test_y[~keep_te]]).astype(np.int32))
+  ood = Split(np.concatenate([train.x[~keep_tr], test.x[~keep_te]]),
+              np.concatenate([train.y[~keep_tr], test.y[~keep_te]]).astype(np.int32))
   return Dataset(name, base, k,
-                 Split(train_x[keep_tr], shift(train_y[keep_tr])),
-                 Split(test_x[keep_te], shift(test_y[keep_te])),
+                 Split(train.x[keep_tr], shift(train.y[keep_tr])),
+                 Split(test.x[keep_te], shift(test.y[keep_te])),
                  ood, n_cls - 1, tuple(c for i, c in enumerate(class_names) if i != k))
 
 
-def _read_tfds(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
-  source = builder.as_data_source(split=split)
-  records = source.__getitems__(list(range(len(source))))
-  order = np.argsort([r.get("index", i) for i, r in enumerate(records)], kind="stable")
-  x = np.stack([records[i]["image"] for i in order]).astype(np.uint8)
-  y = np.asarray([records[i]["label"] for i in order], np.int32)
-  return x, y
+def load(name: str, data_dir: str | None = None) -> Dataset:
+  base, source, k = resolve(name)
+  (train_x, train_y), (test_x, test_y), class_names = source.read(data_dir)
+  return hold_out(name, base, k, Split(train_x, train_y), Split(test_x, test_y), class_names)
 
 
-@BASES.register("digits")
-class DigitsSource(Source):
-  """The embedded default: prepared from scikit-learn on first use (offline, seconds)."""
-  num_classes = 10
-
-  def read(self, data_dir: str | None):
-    import tensorflow_datasets as tfds
-    from ncg_jax.data.digits import Digits
-    builder = Digits(data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-      print(f"preparing TFDS dataset 'digits' in {builder.data_dir} ...", flush=True)
-      tfds.disable_progress_bar()
-      builder.download_and_prepare()
-    names = builder.info.features["label"].names
-    return _read_tfds(builder, "train"), _read_tfds(builder, "test"), names
+from ncg_jax.data.sources import USER_SOURCES  # noqa: E402  (registers the named bases)

@@ -8,6 +8,8 @@ so that preparing and reading need no TensorFlow.
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ncg_jax.data import split_per_class
+
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 SIZE = 28
@@ -28,17 +30,6 @@ def upscale(images_Nx8x8: np.ndarray, size: int = SIZE) -> np.ndarray:
   d = img[:, y0 + 1][:, :, x0 + 1]
   out = (1 - wy) * ((1 - wx) * a + wx * b) + wy * ((1 - wx) * c + wx * d)
   return np.clip(np.rint(out), 0, 255).astype(np.uint8)[..., None]
-
-
-def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
-  rng = np.random.default_rng(SPLIT_SEED)
-  train, test = [], []
-  for c in np.unique(labels):
-    idx = rng.permutation(np.flatnonzero(labels == c))
-    n_test = int(round(TEST_FRACTION * len(idx)))
-    test.append(idx[:n_test])
-    train.append(idx[n_test:])
-  return {"train": np.sort(np.concatenate(train)), "test": np.sort(np.concatenate(test))}
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):
@@ -64,7 +55,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     bunch = load_digits()
     images, labels = upscale(bunch.images), bunch.target.astype(np.int64)
     return {name: self._generate_examples(images, labels, idx)
-            for name, idx in split_indices(labels).items()}
+            for name, idx in split_per_class(labels, TEST_FRACTION, SPLIT_SEED).items()}
 
   def _generate_examples(self, images, labels, indices):
     for i in indices:

@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from ncg_jax.models.cnn002 import CNN002
+from ncg_jax.models.densenet import DenseNet
 from ncg_jax.models.mlp import MLP
+from ncg_jax.models.resnet import resnet18, resnet50
 from ncg_jax.models.wrn import WideResNet
 from ncg_jax.registry import Registry
 
@@ -20,6 +22,10 @@ MODELS.register("cnn002", CNN002)
 MODELS.register("mlp", MLP)
 MODELS.register("wrn_<depth>_<width>",
                 lambda depth, width, **kw: WideResNet(depth=int(depth), width=int(width), **kw))
+MODELS.register("resnet18", resnet18)
+MODELS.register("resnet50", resnet50)
+MODELS.register("densenet_bc_<depth>_<growth>",
+                lambda depth, growth, **kw: DenseNet(depth=int(depth), growth=int(growth), **kw))
 
 # Collections that belong to the model state (trained or running statistics). Everything
 # else `init` creates (perturbations, intermediates) is scratch and is dropped.

@@ -78,3 +78,30 @@ class Conv(nn.Module):
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y
+
+
+def normalize(x: jnp.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> jnp.ndarray:
+  """(x - mean) / std per channel, for models that normalise [0, 1] pixels inside themselves
+  (attacks and distances then stay in pixel units). Inputs whose channel count differs from
+  the statistics' (e.g. grayscale) use the channel-averaged mean and std."""
+  if x.shape[-1] != len(mean):
+    mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+  return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
+
+
+def conv(features: int, kernel: int, stride: int = 1, dtype=jnp.float32, name: str | None = None,
+         kernel_init=nn.initializers.kaiming_normal()) -> nn.Module:
+  """A bias-free 'same'-padded k x k convolution: `Conv` (fast gradients on XLA:CPU) at
+  stride 1, `nn.Conv` with symmetric padding k//2 (PyTorch's) when strided."""
+  if stride == 1:
+    return Conv(features, (kernel, kernel), "SAME", use_bias=False, kernel_init=kernel_init,
+                dtype=dtype, name=name)
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
+                 use_bias=False, kernel_init=kernel_init, dtype=dtype, name=name)
+
+
+def batch_norm(train: bool, dtype, name: str | None = None) -> nn.Module:
+  """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      name=name)

@@ -36,6 +36,7 @@ class TrainConfig:
   milestones: tuple[int, ...] = (40, 50, 60)
   seed: int = 0
   precision: str = "float32"  # or "bfloat16": model compute only; parameters stay float32
+  augment: bool = False  # random crop (4-pixel zero padding) + horizontal flip of images
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,6 +46,19 @@ class TrainingDiverged(RuntimeError):
 def to_input(x: jnp.ndarray) -> jnp.ndarray:
   """uint8 images -> float32 in [0, 1]; features pass through as float32."""
   return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+
+
+def augment(x_BxHxWxC: jnp.ndarray, key: jax.Array, pad: int = 4) -> jnp.ndarray:
+  """Random crop after `pad` pixels of zero padding, and a random horizontal flip, per image
+  (the standard CIFAR augmentation of He et al. 2016)."""
+  b, h, w, _ = x_BxHxWxC.shape
+  k_crop, k_flip = jax.random.split(key)
+  offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)
+  padded = jnp.pad(x_BxHxWxC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
+  x = jax.vmap(crop)(padded, offsets)
+  flip = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
+  return jnp.where(flip, x[:, :, ::-1], x)
 
 
 def make_forward(model: nn.Module) -> Callable:
@@ -85,12 +99,18 @@ class Trained:
     return jax.tree_util.Partial(_eval_fn(self.model), self.variables())
 
 
-def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation):
+def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation,
+                    augment_images: bool = False):
   forward = make_forward(model)
 
   def step(state, x, y, key):
+    x = to_input(x)
+    if augment_images and x.ndim == 4:
+      key, k_aug = jax.random.split(key)
+      x = augment(x, k_aug)
+
     def objective(params):
-      return loss_fn(forward, params, state["model_state"], to_input(x), y, key)
+      return loss_fn(forward, params, state["model_state"], x, y, key)
     (loss, (model_state, logits)), grads = jax.value_and_grad(objective, has_aux=True)(
         state["params"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -109,7 +129,9 @@ def _check_config(run_dir: str, cfg: TrainConfig, settings: dict, meta: dict) ->
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    diff = [k for k in record if k != "epochs" and k not in meta and old.get(k) != record[k]]
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))  # fields added later
+    diff = [k for k in record if k != "epochs" and k not in meta
+            and old.get(k, defaults.get(k)) != record[k]]
     if diff:
       raise ConfigError(
           f"{run_dir} holds a run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
@@ -146,7 +168,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
       return Trained(model, state["params"], state["model_state"])
     log(f"  resuming {run_dir} from epoch {start}")
 
-  step_fn = make_train_step(model, losses.make_loss(cfg.loss, attack), tx)
+  step_fn = make_train_step(model, losses.make_loss(cfg.loss, attack), tx, cfg.augment)
   for epoch in range(start, cfg.epochs):
     t0 = time.perf_counter()
     epoch_key = jax.random.fold_in(root, epoch)

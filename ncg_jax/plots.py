@@ -85,6 +85,7 @@ def ncg_vs_severity(curves: dict[str, dict[str, dict]], path: str, title: str) -
       sev = sorted(by_sev, key=int)
       ax.errorbar([int(s) for s in sev], [by_sev[s]["mean"] for s in sev],
                   yerr=[by_sev[s]["sem"] for s in sev], marker="o", capsize=3, label=run)
+    ax.set_xticks(sorted({int(s) for by_sev in curves[space].values() for s in by_sev}))
     ax.set_xlabel("corruption severity")
     ax.set_ylabel("NCG (mean ± SEM over corruptions)")
     ax.set_title(f"{space} space")

@@ -19,15 +19,21 @@ def ncg_vs_distance(curves: dict[str, dict[str, dict]], path: str, title: str) -
   for ax, space in zip(axes[0], spaces):
     for run, c in curves[space].items():
       ax.errorbar(c["dist_mean"], c["mean"], yerr=c["sem"], marker="o", capsize=3, label=run)
-    ax.set_xlabel(f"distance to nearest training {'image' if space == 'pixel' else 'feature'} (L2)")
-    ax.set_ylabel("NCG (mean ± SEM, 5 equal-count bins)")
-    ax.set_title(f"{space} space")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _ncg_panel(ax, space, f"distance to nearest training {'image' if space == 'pixel' else 'feature'} (L2)",
+               "NCG (mean ± SEM, 5 equal-count bins)")
   fig.suptitle(title)
   fig.tight_layout()
   _save(fig, path, dpi=120)
+
+
+def _ncg_panel(ax, space: str, xlabel: str, ylabel: str) -> None:
+  """Labels, [0, 1] NCG axis, grid and legend of one per-space NCG panel."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(f"{space} space")
+  ax.set_ylim(-0.02, 1.02)
+  ax.grid(alpha=0.3)
+  ax.legend()
 
 
 def radius_histograms(rows: dict[str, dict], path: str, title: str) -> None:
@@ -86,12 +92,7 @@ def ncg_vs_severity(curves: dict[str, dict[str, dict]], path: str, title: str) -
       ax.errorbar([int(s) for s in sev], [by_sev[s]["mean"] for s in sev],
                   yerr=[by_sev[s]["sem"] for s in sev], marker="o", capsize=3, label=run)
     ax.set_xticks(sorted({int(s) for by_sev in curves[space].values() for s in by_sev}))
-    ax.set_xlabel("corruption severity")
-    ax.set_ylabel("NCG (mean ± SEM over corruptions)")
-    ax.set_title(f"{space} space")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _ncg_panel(ax, space, "corruption severity", "NCG (mean ± SEM over corruptions)")
   fig.suptitle(title)
   fig.tight_layout()
   _save(fig, path, dpi=120)

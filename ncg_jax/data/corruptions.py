@@ -203,7 +203,7 @@ def cells(ds: Dataset, data_dir: str | None = None, corruptions=None, seed: int 
     decoders = {"image": tfds.decode.SkipDecoding()} if family.encoded else None
     src = tfds_io.open_split(f"{family.tfds_name}/{config}", family.split, data_dir,
                              f"{ds.base}-c", decoders=decoders)
-    names = tfds_io.builder(f"{family.tfds_name}/{config}", data_dir).info.features["label"].names
+    names = tfds_io.label_names(f"{family.tfds_name}/{config}", data_dir)
     to_base = family.label_map(names) if family.label_map else np.arange(len(names))
     held = ds.held_out if ds.held_out is not None else -2
     keep = lambda labels: (to_base[labels] >= 0) & (to_base[labels] != held)

@@ -67,8 +67,7 @@ class Imgnet100(tfds.core.GeneratorBasedBuilder):
     del dl_manager
     from ncg_jax.data import tfds_io
     name = "imagenet2012"
-    names = tfds_io.builder(name, self.data_dir_root).info.features["label"].names
-    to_subset = imagenet_labels(names)
+    to_subset = imagenet_labels(tfds_io.label_names(name, self.data_dir_root))
     return {ours: self._generate_examples(
                 tfds_io.open_split(name, theirs, self.data_dir_root, "imgnet100",
                                    decoders={"image": tfds.decode.SkipDecoding()}), to_subset)

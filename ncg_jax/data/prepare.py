@@ -29,6 +29,14 @@ def _require_tensorflow() -> None:
     raise ConfigError("preparing TFDS datasets needs TensorFlow: pip install '.[tf]'") from None
 
 
+def _prepare_all(tfds_names: list[str], data_dir: str | None, log) -> None:
+  """Prepares each named TFDS dataset (or config) as array_record, with progress lines."""
+  _require_tensorflow()
+  for i, tfds_name in enumerate(tfds_names):
+    log(f"[{i + 1}/{len(tfds_names)}] {tfds_name}")
+    tfds_io.builder(tfds_name, data_dir).download_and_prepare()
+
+
 def prepare(name: str, data_dir: str | None, only=None, log=print) -> None:
   if name.endswith("-ood"):  # the external OOD test sets of a base
     from ncg_jax.data import ood_sets
@@ -37,10 +45,7 @@ def prepare(name: str, data_dir: str | None, only=None, log=print) -> None:
     if not sets:
       raise ConfigError(f"no external OOD sets for '{name[:-4]}'; "
                         f"available: {', '.join(f'{b}-ood' for b in ood_sets.OOD_SETS)}")
-    _require_tensorflow()
-    for i, tfds_name in enumerate(sets):
-      log(f"[{i + 1}/{len(sets)}] {tfds_name}")
-      tfds_io.builder(tfds_name, data_dir).download_and_prepare()
+    _prepare_all(sets, data_dir, log)
     return
   base = corruptions.base_name(name)
   if base != name:  # a corrupted family: every config of the TFDS family
@@ -49,20 +54,16 @@ def prepare(name: str, data_dir: str | None, only=None, log=print) -> None:
       raise ConfigError(f"'{name}' uses the built-in corruptions; nothing to prepare "
                         f"(TFDS families: {', '.join(f'{b}-c' for b in corruptions.TFDS_FAMILIES)})")
     family = make()
-    _require_tensorflow()
     chosen = only or corruptions.tfds_corruptions(family)
     configs = [f"{c}_{s}" for c in chosen for s in family.severities] if family.severities else chosen
-    for i, config in enumerate(configs):
-      log(f"[{i + 1}/{len(configs)}] {family.tfds_name}/{config}")
-      tfds_io.builder(f"{family.tfds_name}/{config}", data_dir).download_and_prepare()
+    _prepare_all([f"{family.tfds_name}/{c}" for c in configs], data_dir, log)
     return
   _, source, _ = data.resolve(name)
   if not hasattr(source, "prepare"):
     raise ConfigError(f"'{name}' is read directly; nothing to prepare")
   if name == "imgnet100":
-    _require_tensorflow()
     log("preparing imagenet2012 (reads the manual tars), then the 100-class subset")
-    tfds_io.builder("imagenet2012", data_dir).download_and_prepare()
+    _prepare_all(["imagenet2012"], data_dir, log)
   elif name != "digits":
     _require_tensorflow()
   source.prepare(data_dir)

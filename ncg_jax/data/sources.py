@@ -19,9 +19,8 @@ def _tfds_splits(tfds_name: str, splits: tuple[str, str], data_dir, prepare_as: 
     src = tfds_io.open_split(tfds_name, split, data_dir, prepare_as)
     if len(src) > 4 * tfds_io.CHUNK:
       log(f"reading {tfds_name} {split} ({len(src)} records)")
-    out.append(tfds_io.read(src, label_key=label_key))
-  names = tfds_io.builder(tfds_name, data_dir).info.features[label_key].names
-  return out[0], out[1], names
+    out.append(tfds_io.read(src, label_key=label_key, log=log))
+  return out[0], out[1], tfds_io.label_names(tfds_name, data_dir, label_key)
 
 
 class TfdsSource(Source):
@@ -146,8 +145,8 @@ class FolderSource(Source):
     if not os.path.isdir(train):
       raise ConfigError(f"image folder {path} needs a 'train' directory "
                         "(layout PATH/<split>/<class>/<image>)")
-    test = [s for s in TEST_SPLITS if os.path.isdir(os.path.join(path, s))]
-    self.split_dirs = [train] + [os.path.join(path, test[0])] if test else [train]
+    test = [os.path.join(path, s) for s in TEST_SPLITS if os.path.isdir(os.path.join(path, s))]
+    self.split_dirs = [train] + test[:1]
     self.class_names = sorted({c for d in self.split_dirs for c in os.listdir(d)
                                if os.path.isdir(os.path.join(d, c))})
     if not self.class_names:

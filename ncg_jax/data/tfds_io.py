@@ -25,6 +25,11 @@ def builder(tfds_name: str, data_dir: str | None):
   return tfds.builder(tfds_name, data_dir=data_dir, file_format="array_record")
 
 
+def label_names(tfds_name: str, data_dir: str | None, key: str = "label") -> list[str]:
+  """The class names of a TFDS dataset's ClassLabel feature `key` (from its metadata)."""
+  return builder(tfds_name, data_dir).info.features[key].names
+
+
 def open_split(tfds_name: str, split: str, data_dir: str | None, prepare_as: str, decoders=None):
   """`tfds.data_source` of one split, or `NotPrepared` naming the command to run."""
   b = builder(tfds_name, data_dir)

@@ -19,7 +19,8 @@ import optax
 from benchmarks.common import row, setting, timeit
 from ncg_jax import models
 from ncg_jax.train import losses
-from ncg_jax.train.trainer import make_train_step, to_input
+from ncg_jax.models import to_input
+from ncg_jax.train.trainer import make_train_step
 
 # architecture -> (input shape, classes) of its dataset
 SETTINGS = {

@@ -14,7 +14,8 @@ from benchmarks.common import row, setting, timeit
 from ncg_jax import models
 from ncg_jax.attacks import cw_l2, pgd
 from ncg_jax.train import losses
-from ncg_jax.train.trainer import Trained, make_train_step
+from ncg_jax.models import Trained
+from ncg_jax.train.trainer import make_train_step
 
 
 def main():

@@ -15,7 +15,7 @@ from benchmarks.common import row, setting, timeit
 from benchmarks.cnn002 import torch_cnn002
 from ncg_jax import detect, models
 from ncg_jax.detect import nac
-from ncg_jax.train.trainer import Trained
+from ncg_jax.models import Trained
 
 
 def jax_rows(batch: int, repeat: int):

@@ -17,8 +17,8 @@ from absl import flags
 
 from experiments import common
 from ncg_jax import data, ncg, neighbors, plots, runs, sharding
-from ncg_jax.inference import logits_and_features
-from ncg_jax.train.trainer import Trained
+from ncg_jax.models import logits_and_features
+from ncg_jax.models import Trained
 
 flags.DEFINE_enum("space", "both", ["pixel", "feature", "both"], "Where to search neighbours.")
 FLAGS = flags.FLAGS

@@ -20,7 +20,7 @@ from absl import flags
 from experiments import common
 from ncg_jax import neighbors, plots, runs
 from ncg_jax.attacks import cw_l2
-from ncg_jax.inference import logits_and_features
+from ncg_jax.models import logits_and_features
 from ncg_jax.registry import ConfigError
 
 flags.DEFINE_integer("n_samples", 300, "Training neighbours attacked per run.")

@@ -5,18 +5,22 @@ feature: an MLP head on the natural network's features). Its directory is
   <workdir>/<dataset>/<model>/seed<seed>/<space>/<run name>/
 (`<dataset>` is `data.dir_name(dataset)`: user datasets' paths become one directory name)
 holding `config.json` and orbax `checkpoints/`. `experiments.train`, `experiments.ncg` and
-every later experiment find the same runs there.
+every later experiment find the same runs there. Imported classifiers
+(`python -m ncg_jax.models.import_weights`) are runs too: `config.json` says `imported`, the
+checkpoint holds their variables, and they are loaded, never trained.
 """
 import dataclasses
 import glob
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 
-from ncg_jax import models
+from ncg_jax import models, sharding
 from ncg_jax.data import Split, dir_name
-from ncg_jax.train import losses
+from ncg_jax.registry import ConfigError
+from ncg_jax.train import checkpoint, losses
 from ncg_jax.train.trainer import Trained, TrainConfig, train
 
 SPACES = ("pixel", "feature")
@@ -52,12 +56,53 @@ def find(workdir: str, dataset: str, model_name: str, seed: int, space: str) -> 
       record = json.load(f)
     if os.path.isdir(os.path.join(os.path.dirname(path), "checkpoints")):
       found[os.path.basename(os.path.dirname(path))] = record
-  return dict(sorted(found.items(), key=lambda kv: (kv[1]["loss"] != "ce", kv[0])))
+  return dict(sorted(found.items(), key=lambda kv: (kv[1].get("loss") != "ce", kv[0])))
+
+
+def read_record(directory: str) -> dict | None:
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def save_imported(trained: Trained, record: dict, directory: str) -> None:
+  """Writes an imported classifier as a run: config.json and its variables (orbax)."""
+  old = read_record(directory)
+  if old is not None and old.get("sha256") != record["sha256"]:
+    raise ConfigError(f"{directory} already holds another run ({old.get('checkpoint') or old.get('loss')}); "
+                      "pass another --name or delete that run")
+  if sharding.is_writer():
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+      json.dump(record, f, indent=1)
+  mngr = checkpoint.manager(os.path.join(directory, "checkpoints"))
+  checkpoint.save(mngr, 1, {"params": trained.params, "model_state": trained.model_state})
+  mngr.wait_until_finished()
+
+
+def load_imported(record: dict, directory: str, num_classes: int | None = None) -> Trained:
+  if num_classes is not None and record["num_classes"] != num_classes:
+    raise ConfigError(f"{directory} classifies {record['num_classes']} classes; the dataset "
+                      f"has {num_classes}")
+  model = models.create(record["arch"], record["num_classes"], **record.get("fields", {}))
+  shape = tuple(record["input_shape"])
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
+  like = {"params": variables["params"],
+          "model_state": {k: v for k, v in variables.items() if k in models.STATE_COLLECTIONS}}
+  like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
+  mngr = checkpoint.manager(os.path.join(directory, "checkpoints"))
+  state = checkpoint.restore(mngr, mngr.latest_step(), sharding.replicate(like))
+  return Trained(model, state["params"], state["model_state"], shape)
 
 
 def load(record: dict, *, workdir: str, dataset: str, model_name: str, data: Split,
          num_classes: int, log=print) -> Trained:
   """Restores the run described by a `find` record (trains on if it was interrupted)."""
+  if record.get("imported"):
+    return load_imported(record, run_dir(workdir, dataset, model_name, record.get("seed", 0),
+                                         "pixel", record["name"]), num_classes)
   fields = {f.name for f in dataclasses.fields(TrainConfig)}
   cfg = TrainConfig(**{k: tuple(v) if k == "milestones" else v
                        for k, v in record.items() if k in fields})

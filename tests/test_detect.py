@@ -10,7 +10,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from ncg_jax import detect, models
 from ncg_jax.detect import nac
-from ncg_jax.train.trainer import Trained
+from ncg_jax.models import Trained
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import pytest
 
 from ncg_jax import data, models
 from ncg_jax.attacks import cw_l2
-from ncg_jax.inference import logits_and_features
+from ncg_jax.models import logits_and_features
 from ncg_jax.train import losses
 from ncg_jax.train.trainer import TrainConfig, make_forward, train
 

@@ -105,7 +105,7 @@ def test_a_run_with_other_settings_is_an_error_but_other_metadata_is_not(digits9
 def test_bfloat16_compute_keeps_float32_parameters_and_outputs(digits9, tmp_path):
   import jax.numpy as jnp
   from ncg_jax import runs
-  from ncg_jax.inference import logits_and_features
+  from ncg_jax.models import logits_and_features
   split = small(digits9, 128)
   cfg = dataclasses.replace(CFG, epochs=1, precision="bfloat16")
   t = runs.train_or_load(workdir=str(tmp_path), dataset="digitswo9", model_name="cnn002",

@@ -100,6 +100,16 @@ def parse_name(name: str) -> tuple[str, int | None]:
   return base, k
 
 
+def num_classes(name: str) -> int | None:
+  """K of a registered dataset name (known before reading data), or None for a name that
+  is no registered dataset or whose class count is only known from its files (npz:,
+  folder:). Bad held-out indices are still errors."""
+  if _USER.fullmatch(name) or not (_NAMED.fullmatch(name) and _NAMED.fullmatch(name)["base"] in BASES):
+    return None
+  _, source, k = resolve(name)
+  return source.num_classes - (k is not None)
+
+
 def dir_name(name: str) -> str:
   """A dataset name as one directory name: user datasets become
   `<kind>-<file stem>-<hash of the absolute path>[wo<k>]`, others stay as they are."""

@@ -18,10 +18,10 @@ import numpy as np
 
 from ncg_jax.detect import distances, gradients, metrics, nac, scores
 from ncg_jax.data import map_batches
-from ncg_jax.inference import logits_and_features
+from ncg_jax.models import logits_and_features
 from ncg_jax.registry import Registry
 from ncg_jax.train import losses
-from ncg_jax.train.trainer import Trained, to_input
+from ncg_jax.models.trained import Trained, to_input
 
 
 @dataclasses.dataclass

@@ -3,6 +3,11 @@
 activations. Models also `sow` named intermediates ('intermediates' collection) and mark
 them with `perturb` ('perturbations' collection) so gradients w.r.t. them are one VJP away.
 The last layer is a Dense named 'head' (detectors that need the linear head read it).
+
+`create(name, num_classes, **fields)` builds one; fields override the architecture's
+(normalisation statistics of imported checkpoints, reduced widths of test twins). What a
+trained or imported model is (`Trained`) and its outputs over a split live in `trained.py`;
+`import_weights` reads PyTorch and BiT checkpoints into a `Trained`.
 """
 from typing import Any
 
@@ -10,10 +15,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ncg_jax.models.bit import bit
 from ncg_jax.models.cnn002 import CNN002
 from ncg_jax.models.densenet import DenseNet
 from ncg_jax.models.mlp import MLP
-from ncg_jax.models.resnet import resnet18, resnet50
+from ncg_jax.models.resnet import resnet18, resnet18_224, resnet50, resnet50_cifar
+from ncg_jax.models.trained import Trained, logits_and_features, to_input  # noqa: F401
+from ncg_jax.models.vit import vit_b_16
 from ncg_jax.models.wrn import WideResNet
 from ncg_jax.registry import Registry
 
@@ -23,7 +31,12 @@ MODELS.register("mlp", MLP)
 MODELS.register("wrn_<depth>_<width>",
                 lambda depth, width, **kw: WideResNet(depth=int(depth), width=int(width), **kw))
 MODELS.register("resnet18", resnet18)
+MODELS.register("resnet18_224", resnet18_224)
 MODELS.register("resnet50", resnet50)
+MODELS.register("resnet50_cifar", resnet50_cifar)
+MODELS.register("vit_b_16", vit_b_16)
+MODELS.register("bit_s_r<depth>x<factor>", bit)
+MODELS.register("bit_m_r<depth>x<factor>", bit)
 MODELS.register("densenet_bc_<depth>_<growth>",
                 lambda depth, growth, **kw: DenseNet(depth=int(depth), growth=int(growth), **kw))
 
@@ -32,8 +45,10 @@ MODELS.register("densenet_bc_<depth>_<growth>",
 STATE_COLLECTIONS = ("batch_stats",)
 
 
-def create(name: str, num_classes: int, **kwargs) -> nn.Module:
-  return MODELS.get(name, num_classes=num_classes, **kwargs)
+def create(name: str, num_classes: int, **fields) -> nn.Module:
+  """Fields read back from JSON arrive as lists; modules need hashable tuples."""
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+  return MODELS.get(name, num_classes=num_classes, **fields)
 
 
 def init(model: nn.Module, key: jax.Array, example_x: jnp.ndarray) -> tuple[Any, dict]:
@@ -41,3 +56,6 @@ def init(model: nn.Module, key: jax.Array, example_x: jnp.ndarray) -> tuple[Any,
   variables = model.init({"params": key, "dropout": key}, example_x[:1], train=False)
   state = {k: v for k, v in variables.items() if k in STATE_COLLECTIONS}
   return variables["params"], state
+
+
+from ncg_jax.models.pretrained import import_weights  # noqa: E402,F401 (uses MODELS)

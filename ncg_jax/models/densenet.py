@@ -22,6 +22,8 @@ class DenseNet(nn.Module):
   depth: int = 100
   growth: int = 12
   compression: float = 0.5
+  mean: tuple[float, ...] = ODIN_MEAN
+  std: tuple[float, ...] = ODIN_STD
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -31,7 +33,7 @@ class DenseNet(nn.Module):
     n = (self.depth - 4) // 6
     bn_relu = lambda name, y: nn.relu(batch_norm(train, self.dtype, name)(y))
     x = conv(2 * self.growth, 3, 1, self.dtype, "stem")(normalize(x.astype(self.dtype),
-                                                                  ODIN_MEAN, ODIN_STD))
+                                                                  self.mean, self.std))
     for b in range(3):
       for i in range(n):
         y = conv(4 * self.growth, 1, 1, self.dtype, f"block{b + 1}_{i}_conv1")(

@@ -5,12 +5,14 @@ widths 16k, 32k, 64k after a 16-channel stem, strides 1/2/2, BN-ReLU before each
 convolution, a 1x1 projection shortcut where the shape changes (taken from the pre-activated
 input), no dropout, final BN-ReLU, global average pooling and a linear head. Inputs are raw
 [0, 1] pixels (the paper's WRN has no input normalisation). `wrn_40_10`: 6 blocks per stage,
-widths 160/320/640, about 55.8M parameters.
+widths 160/320/640, about 55.8M parameters. ODIN's WRN-28-10 (`code/wideresnet.py`) is the
+same network, `wrn_28_10`, fed images normalised with ODIN's statistics: imported ODIN
+models carry them as `mean`/`std`, applied inside.
 """
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ncg_jax.models.layers import Conv
+from ncg_jax.models.layers import Conv, normalize
 
 
 class _Block(nn.Module):
@@ -44,6 +46,8 @@ class WideResNet(nn.Module):
   num_classes: int
   depth: int = 40
   width: int = 10
+  mean: tuple[float, ...] | None = None  # input normalisation inside (None: raw [0, 1])
+  std: tuple[float, ...] | None = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -51,8 +55,11 @@ class WideResNet(nn.Module):
     if (self.depth - 4) % 6:
       raise ValueError(f"WideResNet depth must be 6n + 4, got {self.depth}")
     n = (self.depth - 4) // 6
+    x = x.astype(self.dtype)
+    if self.mean is not None:
+      x = normalize(x, self.mean, self.std)
     x = Conv(16, (3, 3), "SAME", use_bias=False, kernel_init=nn.initializers.kaiming_normal(),
-             dtype=self.dtype, name="stem")(x.astype(self.dtype))
+             dtype=self.dtype, name="stem")(x)
     for stage, (w, stride) in enumerate([(16 * self.width, 1), (32 * self.width, 2),
                                          (64 * self.width, 2)]):
       for i in range(n):

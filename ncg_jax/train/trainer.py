@@ -7,11 +7,10 @@ epoch, so a run resumed from its latest checkpoint ends with exactly the paramet
 uninterrupted run.
 """
 import dataclasses
-import functools
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -20,6 +19,7 @@ import numpy as np
 import optax
 
 from ncg_jax import models, sharding
+from ncg_jax.models.trained import Trained, to_input
 from ncg_jax.data import Split, train_batches
 from ncg_jax.registry import ConfigError
 from ncg_jax.train import checkpoint, losses, optim
@@ -41,11 +41,6 @@ class TrainConfig:
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def to_input(x: jnp.ndarray) -> jnp.ndarray:
-  """uint8 images -> float32 in [0, 1]; features pass through as float32."""
-  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
 def augment(x_BxHxWxC: jnp.ndarray, key: jax.Array, pad: int = 4) -> jnp.ndarray:
@@ -72,31 +67,6 @@ def make_forward(model: nn.Module) -> Callable:
     (logits, _), new_state = out if mutable else (out, model_state)
     return logits, new_state
   return forward
-
-
-def _eval_logits(model: nn.Module, variables: dict, x: jnp.ndarray) -> jnp.ndarray:
-  return model.apply(variables, x, train=False)[0]
-
-
-@functools.lru_cache(maxsize=None)
-def _eval_fn(model: nn.Module) -> Callable:
-  return functools.partial(_eval_logits, model)  # one object per architecture: jit cache hits
-
-
-@dataclasses.dataclass
-class Trained:
-  model: nn.Module
-  params: Any
-  model_state: dict
-
-  def variables(self) -> dict:
-    return {"params": self.params, **self.model_state}
-
-  def logits_fn(self) -> jax.tree_util.Partial:
-    """Eval-mode x (float, [0,1] pixels or features) -> logits, for attacks and detectors.
-    A `Partial` whose leaves are the variables: jit traces them instead of baking them in,
-    and one compiled attack serves every model of the same architecture."""
-    return jax.tree_util.Partial(_eval_fn(self.model), self.variables())
 
 
 def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation,
@@ -165,7 +135,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
     if start >= cfg.epochs:
       if start > cfg.epochs:
         log(f"  note: reusing the checkpoint at epoch {start} (> --epochs={cfg.epochs})")
-      return Trained(model, state["params"], state["model_state"])
+      return Trained(model, state["params"], state["model_state"], data.x.shape[1:])
     log(f"  resuming {run_dir} from epoch {start}")
 
   step_fn = make_train_step(model, losses.make_loss(cfg.loss, attack), tx, cfg.augment)
@@ -188,4 +158,4 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
     log(f"  epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss.mean():.4f}  "
         f"acc {acc.mean():.3f}  {time.perf_counter() - t0:.1f}s")
   mngr.wait_until_finished()
-  return Trained(model, state["params"], state["model_state"])
+  return Trained(model, state["params"], state["model_state"], data.x.shape[1:])

@@ -24,7 +24,10 @@ from ncg_jax.train.trainer import TrainConfig, TrainingDiverged  # noqa: E402
 flags.DEFINE_string("dataset", "digitswo9", "<base> or <base>wo<k>, e.g. digitswo9.")
 flags.DEFINE_string("model", "cnn002", "Network for pixel space (see ncg_jax.models).")
 flags.DEFINE_string("losses", "ce,trades6,advce",
-                    "Comma-separated training losses: ce, trades<beta> (e.g. trades6), advce.")
+                    "Comma-separated training losses: ce, trades<beta> (e.g. trades6), advce; "
+                    "or names of imported runs (python -m ncg_jax.models.import_weights).")
+flags.DEFINE_string("feature_network", "ce", "The pixel-space run (a loss or an imported run) "
+                    "whose penultimate features are the feature space.")
 flags.DEFINE_string("workdir", "workdir", "Where runs (checkpoints) and results live.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's own, "
                     "which honours TFDS_DATA_DIR).")
@@ -56,7 +59,7 @@ FLAGS = flags.FLAGS
 class ExperimentConfig:
   dataset: str
   model: str
-  losses: tuple[str, ...]
+  losses: tuple[str, ...]  # registered losses and imported runs' names
   workdir: str
   data_dir: str | None
   seed: int
@@ -65,6 +68,14 @@ class ExperimentConfig:
   feature: TrainConfig
   attack: AttackConfig  # pixel space; feature space drops the [0, 1] box
   flags: dict
+  feature_network: str = "ce"
+
+  @property
+  def feature_losses(self) -> tuple[str, ...]:
+    """The losses of the feature-space heads: the registered losses of --losses (imported
+    runs are classifiers, not losses), or the natural one when there are none."""
+    from ncg_jax.train import losses
+    return tuple(n for n in self.losses if n in losses.LOSSES) or ("ce",)
 
 
 def _override(cfg: TrainConfig, **kw) -> TrainConfig:
@@ -84,8 +95,17 @@ def config_from_flags(dataset: str | None = None) -> ExperimentConfig:
   loss_names = tuple(s.strip() for s in FLAGS.losses.split(",") if s.strip())
   if not loss_names:
     raise ConfigError(f"--losses is empty; valid: {', '.join(losses.LOSSES.names())}")
-  for name in loss_names:
-    losses.LOSSES.lookup(name)
+  from ncg_jax import runs
+  imported = None
+  for name in dict.fromkeys(loss_names + (FLAGS.feature_network,)):
+    if name in losses.LOSSES:
+      continue
+    imported = imported if imported is not None else runs.imported_runs(
+        FLAGS.workdir, dataset, FLAGS.model, FLAGS.seed)
+    if name not in imported:
+      raise ConfigError(
+          f"unknown loss or run '{name}'; losses: {', '.join(losses.LOSSES.names())}; imported runs "
+          f"for {dataset}/{FLAGS.model}/seed{FLAGS.seed} in {FLAGS.workdir}: {', '.join(imported) or 'none'}")
   if FLAGS.optimizer is not None:
     optim.OPTIMIZERS.lookup(FLAGS.optimizer)
   neighbors.resolve_backend(FLAGS.nn_backend)
@@ -101,7 +121,7 @@ def config_from_flags(dataset: str | None = None) -> ExperimentConfig:
       feature=_override(recipes.feature(base), **common),
       attack=AttackConfig(norm=FLAGS.norm, eps=FLAGS.eps, steps=FLAGS.attack_steps,
                           step_size=FLAGS.attack_step_size),
-      flags=own_flags())
+      flags=own_flags(), feature_network=FLAGS.feature_network)
 
 
 def own_flags() -> dict:

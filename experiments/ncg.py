@@ -72,13 +72,16 @@ class Space:
 
 def build_spaces(cfg: common.ExperimentConfig, train: data.Split, num_classes: int,
                  spaces: tuple[str, ...], log=print) -> dict[str, Space]:
-  """Trains (or reuses) every model the spaces need: pixel-space networks per loss and,
-  for feature space, MLP heads per loss on the natural network's penultimate features."""
+  """Trains (or reuses, or loads imported) every model the spaces need: pixel-space
+  classifiers per loss or imported run and, for feature space, MLP heads per loss on the
+  penultimate features of `cfg.feature_network` (the natural network by default; heads on
+  another run's features live in `feature-<run>/`)."""
   train_kw = dict(workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model,
                   num_classes=num_classes, attack=cfg.attack, log=log)
+  net = cfg.feature_network
   pixel_runs = {loss: runs.train_or_load(space="pixel", loss=loss, data=train,
                                          cfg=cfg.pixel, **train_kw)
-                for loss in dict.fromkeys(([NATURAL] if "feature" in spaces else []) +
+                for loss in dict.fromkeys(([net] if "feature" in spaces else []) +
                                           (list(cfg.losses) if "pixel" in spaces else []))}
   out = {}
   for space in spaces:
@@ -86,11 +89,12 @@ def build_spaces(cfg: common.ExperimentConfig, train: data.Split, num_classes: i
       out[space] = Space(space, _pixels(train.x), _pixels,
                          {k: v for k, v in pixel_runs.items() if k in cfg.losses})
     else:
-      natural = pixel_runs[NATURAL]
+      natural = pixel_runs[net]
       embed = lambda x, natural=natural: logits_and_features(natural, x)[1]
       db = embed(train.x)
-      models = {loss: runs.train_or_load(space="feature", loss=loss, data=data.Split(db, train.y),
-                                         cfg=cfg.feature, **train_kw) for loss in cfg.losses}
+      where = space if net == NATURAL else f"{space}-{net}"
+      models = {loss: runs.train_or_load(space=where, loss=loss, data=data.Split(db, train.y),
+                                         cfg=cfg.feature, **train_kw) for loss in cfg.feature_losses}
       out[space] = Space(space, db, embed, models)
   return out
 
@@ -106,7 +110,8 @@ def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], log=print) -> dic
              "dataset": {"name": ds.name, "held_out": ds.held_out, "num_classes": ds.num_classes,
                          "train": len(ds.train), "test": len(ds.test), "ood": len(ds.ood),
                          "label_map": "new = old if old < k else old - 1"},
-             "nn_backend": neighbors.resolve_backend(cfg.nn_backend), "spaces": {}}
+             "nn_backend": neighbors.resolve_backend(cfg.nn_backend),
+             "feature_network": cfg.feature_network, "spaces": {}}
   curves = {}
   for space, sp in built.items():
     test_q, ood_q = sp.embed(ds.test.x), sp.embed(ds.ood.x)

@@ -33,9 +33,24 @@ def run_dir(workdir: str, dataset: str, model: str, seed: int, space: str, run: 
 def train_or_load(*, workdir: str, dataset: str, model_name: str, space: str, loss: str,
                   data: Split, num_classes: int, cfg: TrainConfig, attack=None,
                   log=print) -> Trained:
+  """The run of `loss` in `space` (pixel, or a feature space: `feature` on the natural
+  network's features, `feature-<run>` on another run's), trained or resumed as needed. A
+  pixel-space name that is no registered loss is an imported run, loaded as it is."""
+  if space == "pixel" and loss not in losses.LOSSES:
+    directory = run_dir(workdir, dataset, model_name, cfg.seed, space, loss)
+    record = read_record(directory)
+    if not (record and record.get("imported")):
+      raise ConfigError(f"'{loss}' is neither a loss ({', '.join(losses.LOSSES.names())}) nor an "
+                        f"imported run in {os.path.dirname(directory)}")
+    log(f"[{space}/{loss}] imported {record['source']} {record['arch']} from {directory}")
+    trained = load_imported(record, directory, num_classes)
+    if tuple(trained.input_shape) != tuple(data.x.shape[1:]):
+      raise ConfigError(f"run {loss} takes {'x'.join(map(str, trained.input_shape))} inputs; "
+                        f"{dataset} has {'x'.join(map(str, data.x.shape[1:]))} images")
+    return trained
   cfg = dataclasses.replace(cfg, loss=loss)
   arch = model_name if space == "pixel" else "mlp"
-  if attack is not None and space == "feature":
+  if attack is not None and space != "pixel":
     attack = dataclasses.replace(attack, clip=None)  # features are unbounded
   name = (losses.run_name(loss, attack) + ("" if cfg.precision == "float32" else f"-{cfg.precision}")
           + ("-aug" if cfg.augment else ""))
@@ -44,6 +59,11 @@ def train_or_load(*, workdir: str, dataset: str, model_name: str, space: str, lo
   model = models.create(arch, num_classes, dtype=jnp.dtype(cfg.precision))
   return train(model, data, cfg, directory, attack=attack,
                meta={"arch": arch, "space": space}, log=log)
+
+
+def imported_runs(workdir: str, dataset: str, model_name: str, seed: int) -> list[str]:
+  return [name for name, r in find(workdir, dataset, model_name, seed, "pixel").items()
+          if r.get("imported")]
 
 
 def find(workdir: str, dataset: str, model_name: str, seed: int, space: str) -> dict[str, dict]:

@@ -13,7 +13,7 @@ from conftest import run_module
     (["--dataset=bogus"], "unknown dataset"),
     (["--model=resnet9000"], "valid: cnn002"),
     (["--dataset=npz:/no/such.npz"], "does not exist"),
-    (["--losses=ce,hinge"], "unknown loss 'hinge'; valid: ce"),
+    (["--losses=ce,hinge"], "unknown loss or run 'hinge'; losses: ce"),
 ])
 def test_bad_input_exits_2_with_one_line(args, msg, data_dir, tmp_path):
   p = run_module("experiments.ncg", *args, f"--data_dir={data_dir}", f"--workdir={tmp_path}")

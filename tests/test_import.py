@@ -118,7 +118,7 @@ def test_wrong_class_count_names_the_first_mismatching_key(tmp_path):
 def test_pickled_module_is_refused_with_the_state_dict_snippet(tmp_path):
   path = str(tmp_path / "densenet10.pth")
   torch.save(tw.DenseNet3(10, 4, 10), path)  # ODIN ships whole pickled modules
-  with pytest.raises(ConfigError, match=r"pickled model object.*torch\.save\(torch\.load\('.*densenet10\.pth', "
+  with pytest.raises(ConfigError, match=r"pickled Python objects.*torch\.save\(torch\.load\('.*densenet10\.pth', "
                                         r"weights_only=False\)\.state_dict\(\), 'densenet10_state_dict\.pth'\)"):
     read_checkpoint(path)
 
@@ -166,3 +166,53 @@ def test_command_errors_are_one_line_exit_2(tmp_path):
   proc = run_module("ncg_jax.models.import_weights", "--arch=cnn002", "--source=torchvision",
                     f"--checkpoint={path}", "--dataset=digits", f"--workdir={tmp_path}")
   assert proc.returncode == 2 and "source 'torchvision' has no layout for --arch=cnn002" in proc.stderr
+
+
+def test_experiments_use_imported_runs_by_name(data_dir, tmp_path):
+  """An imported classifier is scored by experiments.ncg and .corrupted like a trained one:
+  its predictions are the PyTorch twin's, and feature space is its own penultimate layer."""
+  from ncg_jax import data, runs
+  wd = str(tmp_path / "wd")
+  twins = {}
+  for dataset, k in (("digitswo9", 9), ("digits", 10)):
+    twins[dataset] = twin = tw.randomize(tw.CNN002(k), seed=k)
+    path = str(tmp_path / f"cnn{k}.pth")
+    torch.save(twin.state_dict(), path)
+    p = run_module("ncg_jax.models.import_weights", "--arch=cnn002", "--source=lolip",
+                   f"--checkpoint={path}", f"--dataset={dataset}", f"--workdir={wd}",
+                   "--name=lolip-cnn")
+    assert p.returncode == 0, p.stderr[-2000:]
+  common = ["--model=cnn002", "--losses=lolip-cnn", "--feature_network=lolip-cnn", "--epochs=1",
+            f"--data_dir={data_dir}", f"--workdir={wd}"]
+  p = run_module("experiments.ncg", "--dataset=digitswo9", *common)
+  assert p.returncode == 0, p.stderr[-3000:]
+  out = tmp_path / "wd" / "digitswo9" / "cnn002" / "seed0"
+  with open(out / "results.json") as f:
+    res = json.load(f)
+  assert set(res["spaces"]["pixel"]) == {"lolip-cnn"} and set(res["spaces"]["feature"]) == {"ce"}
+  assert res["feature_network"] == "lolip-cnn"
+  assert (out / "feature-lolip-cnn" / "ce" / "config.json").exists()  # heads on its features
+  npz = np.load(out / "ncg_pixel_lolip-cnn.npz")
+  with torch.no_grad():
+    torch_pred = twins["digitswo9"](torch.from_numpy(
+        npz["ood_x"].transpose(0, 3, 1, 2).astype(np.float32) / 255.0))[0].argmax(1).numpy()
+  np.testing.assert_array_equal(npz["ood_pred"], torch_pred)
+  assert res["spaces"]["pixel"]["lolip-cnn"]["ood"]["ncg"] == pytest.approx(
+      np.mean(torch_pred == npz["train_y"][npz["nn_index"]]))
+  ds = data.load("digitswo9", data_dir)
+  found = runs.find(wd, "digitswo9", "cnn002", 0, "pixel")  # what detect and robustness see
+  assert found["lolip-cnn"]["imported"]
+  trained = runs.load(found["lolip-cnn"], workdir=wd, dataset="digitswo9", model_name="cnn002",
+                      data=ds.train, num_classes=9)
+  assert trained.input_shape == (28, 28, 1)
+
+  p = run_module("experiments.corrupted", "--dataset=digits", "--corruptions=contrast", *common)
+  assert p.returncode == 0, p.stderr[-3000:]
+  with open(tmp_path / "wd" / "digits" / "cnn002" / "seed0" / "corrupted.json") as f:
+    cor = json.load(f)
+  assert set(cor["summary"]["pixel"]) == {"lolip-cnn"} and cor["summary"]["pixel"]["lolip-cnn"]["cells"] == 5
+
+  p = run_module("experiments.ncg", "--dataset=digitswo9", *common[:-2], "--losses=lolip-cnn,nope",
+                 f"--data_dir={data_dir}", f"--workdir={wd}")
+  assert p.returncode == 2 and "imported runs for digitswo9/cnn002/seed0" in p.stderr
+  assert "lolip-cnn" in p.stderr.strip().splitlines()[-1]

@@ -161,10 +161,11 @@ _CONTAINERS = ("state_dict", "model_state_dict", "model", "net", "state")
 def pickled_module_error(path: str) -> ConfigError:
   name = os.path.splitext(os.path.basename(path))[0]
   return ConfigError(
-      f"{path} is a pickled model object, not a state dict, and is not unpickled here; save "
-      "its state dict once where its model code is importable (e.g. in the ODIN repository's "
-      f"code/ folder): python -c \"import torch; torch.save(torch.load('{path}', "
-      f"weights_only=False).state_dict(), '{name}_state_dict.pth')\" and import that file")
+      f"{path} holds pickled Python objects (a whole model, as ODIN ships, or objects beside "
+      "its tensors), which are not unpickled here; save its state dict once where its model "
+      "code is importable (for ODIN: its code/ folder): python -c \"import torch; "
+      f"torch.save(torch.load('{path}', weights_only=False).state_dict(), "
+      f"'{name}_state_dict.pth')\" and import that file")
 
 
 def read_checkpoint(path: str) -> dict[str, np.ndarray]:

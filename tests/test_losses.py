@@ -52,7 +52,7 @@ def test_trades_with_beta_zero_equals_ce():
   assert l6 > l_ce
 
 
-@pytest.mark.parametrize("name,train_calls", [("trades6", 2), ("advce", 1)])
+@pytest.mark.parametrize("name,train_calls", [("trades6", 3), ("advce", 1), ("mixupce", 2)])
 def test_inner_attack_runs_in_eval_mode_and_leaves_batchnorm_alone(name, train_calls):
   model, params, state, x, y = setup()
   fwd = make_forward(model)
@@ -66,6 +66,11 @@ def test_inner_attack_runs_in_eval_mode_and_leaves_batchnorm_alone(name, train_c
   _, (new_state, _) = loss_fn(spy, params, state, x, y, jax.random.key(0))
   train_passes = [(xx, key) for t, _, xx, key in calls if t]
   assert len(train_passes) == train_calls
+  if name == "trades6":  # TRADES's order: f(x) for CE, then f(x_adv) and f(x) for the KL
+    np.testing.assert_array_equal(train_passes[0][0], x)
+    np.testing.assert_array_equal(train_passes[2][0], x)
+    assert not np.allclose(train_passes[1][0], x)
+    assert len({str(jax.random.key_data(k)) for _, k in train_passes}) == 3  # own dropout masks
   for t, s, _, _ in calls:  # every eval-mode call (the attack) sees the running statistics
     if not t:
       for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(state)):
@@ -108,3 +113,24 @@ def test_trades_model_is_more_robust_than_ce_on_digits(digits9, tmp_path):
     radii[loss] = float(np.linalg.norm((adv - x)[ok].reshape(ok.sum(), -1), axis=1).mean())
   print(radii)
   assert radii["trades6"] > radii["ce"], radii
+
+
+def test_mixupce_is_the_kl_to_mixed_soft_labels():
+  """mixupce against numpy: lambda ~ Beta(1, 1) from the loss's own key, the first half of
+  the batch mixed with the second, KL(soft || softmax) averaged over the half batch."""
+  model, params, state, x, y = setup()
+  fwd = make_forward(model)
+  key = jax.random.key(3)
+  loss, (_, logits) = losses.make_loss("mixupce")(fwd, params, state, x, y, key)
+  k_lam, _, k_mix = jax.random.split(key, 3)
+  lam = float(jax.random.beta(k_lam, 1.0, 1.0))
+  _, s1 = fwd(params, state, x, train=True, key=key)  # the clean pass updates BatchNorm first
+  xm = lam * x[:16] + (1 - lam) * x[16:]
+  zm = np.asarray(fwd(params, s1, xm, train=True, key=k_mix)[0], np.float64)
+  soft = lam * np.eye(3)[np.asarray(y[:16])] + (1 - lam) * np.eye(3)[np.asarray(y[16:])]
+  logp = zm - zm.max(1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    kl = np.where(soft > 0, soft * (np.log(soft) - logp), 0.0).sum(1)
+  np.testing.assert_allclose(float(loss), kl.mean(), rtol=1e-5)
+  assert logits.shape == (32, 3)  # accuracy is reported on the clean batch

@@ -38,14 +38,30 @@ def _clip(x, clip):
 
 def ascend(objective: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray,
            x_start: jnp.ndarray, *, eps, norm: str, steps: int, step_size,
-           clip: tuple[float, float] | None = (0.0, 1.0)) -> jnp.ndarray:
-  """`steps` ascent steps on sum(objective(x_adv)) (objective: per-example values), each
-  followed by projection onto the eps-ball around `x` and clipping to `clip`. Examples
-  are independent as long as `objective` is (an eval-mode model)."""
-  grad = jax.grad(lambda xa: jnp.sum(objective(xa)))
+           clip: tuple[float, float] | None = (0.0, 1.0),
+           key: jax.Array | None = None) -> jnp.ndarray:
+  """`steps` ascent steps on sum(objective(x_adv)) (objective: per-example values). Each
+  step is the steepest-ascent step, then clipping to the box `clip`, then projection onto
+  the eps-ball around `x` (then clipping again, a no-op for these convex sets but exact in
+  float): the order of TRADES (`trades.py`: step, clamp, renorm) and of the NCG paper's PGD
+  (step, clip, project, clip). Clipping first drops the part of a step that points out of
+  the box (MNIST's black background) before the projection, so it spends no budget;
+  projecting first would waste it and weaken the attack.
 
-  def body(_, x_adv):
-    x_adv = x_adv + step_size * steepest_step(grad(x_adv), norm)
+  With `key` (TRADES), an example whose L2 gradient is exactly zero steps along a random
+  N(0, I) direction, as TRADES replaces a zero gradient by `randn_like` (unnormalised; the
+  clip and projection then bound the step); without it (the paper's PGD) it does not move.
+  Examples are independent as long as `objective` is (an eval-mode model)."""
+  grad = jax.grad(lambda xa: jnp.sum(objective(xa)))
+  axes = tuple(range(1, x.ndim))
+
+  def body(i, x_adv):
+    g = grad(x_adv)
+    d = steepest_step(g, norm)
+    if key is not None and norm == "l2":
+      zero = jnp.sum(g * g, axis=axes, keepdims=True) == 0
+      d = jnp.where(zero, jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype), d)
+    x_adv = _clip(x_adv + step_size * d, clip)
     return _clip(x + project(x_adv - x, eps, norm), clip)
 
   return lax.fori_loop(0, steps, body, x_start)

@@ -9,10 +9,19 @@ running statistics, never updated), as TRADES and the NCG paper's code do.
 
   ce           cross-entropy.
   trades<beta> TRADES (Zhang et al., ICML 2019): CE(f(x), y) + beta * KL(p(x) || p(x_adv)),
-               x_adv maximising that KL from x + 0.001 N(0, 1); gradients flow through both
-               branches (the clean distribution is not detached).
+               x_adv maximising that KL from x + 0.001 N(0, 1) (a zero gradient replaced by
+               a random direction); gradients flow through both branches (the clean
+               distribution is not detached). As TRADES's `trades.py` (and the NCG paper's
+               copy), the model runs three times in train mode: f(x) for the CE, then
+               f(x_adv) and f(x) again for the KL, each pass updating the BatchNorm
+               statistics and drawing its own dropout mask.
   advce        PGD adversarial training (Madry et al., ICLR 2018): CE on PGD examples only,
                true labels, random start.
+  mixupce      mixup (Zhang et al., ICLR 2018) as the NCG paper's code (`losses/__init__.py`):
+               one train-mode pass on the batch (its logits are the reported accuracy), then
+               the first half of the batch mixed with the second half with one
+               lambda ~ Beta(1, 1), and KL(soft labels || softmax(f(mixed))) averaged over
+               the half batch (an odd last example is dropped).
 """
 import dataclasses
 
@@ -75,16 +84,17 @@ def make_trades(beta: str, attack: AttackConfig | None = None):
   beta, a = float(beta), attack or AttackConfig()
 
   def loss_fn(forward, params, model_state, x, y, key):
-    k_init, k_nat, k_adv = jax.random.split(key, 3)
+    k_init, k_nat, k_adv, k_kl = jax.random.split(key, 4)
     f_eval = _eval_logits(forward, jax.lax.stop_gradient(params), model_state)
     p_clean = jax.lax.stop_gradient(f_eval(x))
     x_start = x + 0.001 * jax.random.normal(k_init, x.shape, x.dtype)
     x_adv = jax.lax.stop_gradient(ascend(lambda xa: kl_softmax(p_clean, f_eval(xa)), x, x_start,
                                          eps=a.eps, norm=a.norm, steps=a.steps,
-                                         step_size=a.alpha, clip=a.clip))
+                                         step_size=a.alpha, clip=a.clip, key=k_init))
     logits, model_state = forward(params, model_state, x, train=True, key=k_nat)
     logits_adv, model_state = forward(params, model_state, x_adv, train=True, key=k_adv)
-    loss = cross_entropy(logits, y).mean() + beta * kl_softmax(logits, logits_adv).mean()
+    logits_kl, model_state = forward(params, model_state, x, train=True, key=k_kl)
+    loss = cross_entropy(logits, y).mean() + beta * kl_softmax(logits_kl, logits_adv).mean()
     return loss, (model_state, logits)
   return loss_fn
 
@@ -104,8 +114,31 @@ def make_advce(attack: AttackConfig | None = None):
   return loss_fn
 
 
+@LOSSES.register("mixupce")
+def make_mixupce(attack: AttackConfig | None = None):
+  del attack
+
+  def loss_fn(forward, params, model_state, x, y, key):
+    k_lam, k_full, k_mix = jax.random.split(key, 3)
+    logits, model_state = forward(params, model_state, x, train=True, key=k_full)
+    half = x.shape[0] // 2
+    lam = jax.random.beta(k_lam, 1.0, 1.0)
+    k = logits.shape[-1]
+    y1, y2 = jax.nn.one_hot(y[:half], k), jax.nn.one_hot(y[half:2 * half], k)
+    x_mix = lam * x[:half] + (1.0 - lam) * x[half:2 * half]
+    soft = lam * y1 + (1.0 - lam) * y2
+    logits_mix, model_state = forward(params, model_state, x_mix, train=True, key=k_mix)
+    kl = jnp.sum(jnp.where(soft > 0, soft * (jnp.log(jnp.where(soft > 0, soft, 1.0))
+                                             - jax.nn.log_softmax(logits_mix)), 0.0), axis=-1)
+    return kl.mean(), (model_state, logits)
+  return loss_fn
+
+
+make_trades.robust = make_advce.robust = True  # trained against an attack: runs carry norm/eps
+
+
 def is_robust(name: str) -> bool:
-  return LOSSES.lookup(name)[0] is not make_ce
+  return getattr(LOSSES.lookup(name)[0], "robust", False)
 
 
 def make_loss(name: str, attack: AttackConfig | None = None):

@@ -48,34 +48,59 @@ flags.DEFINE_string("coordinator_address", None, "With --multihost: host:port of
 flags.DEFINE_integer("num_processes", None, "With --multihost: number of processes.")
 flags.DEFINE_integer("process_id", None, "With --multihost: this process's index.")
 flags.DEFINE_string("norm", "l2", "Threat model of the robust losses: l2 or linf.")
-flags.DEFINE_float("eps", 2.0, "Radius of the robust losses' perturbation ball.")
+flags.DEFINE_list("eps", ["2"], "Radii of the robust losses' perturbation ball: every robust "
+                  "loss is trained at each (--eps=2,4,8: TRADES(2), (4), (8) side by side).")
 flags.DEFINE_integer("attack_steps", 10, "Inner maximisation steps of the robust losses.")
 flags.DEFINE_float("attack_step_size", None, "Inner step size (default 2 * eps / steps).")
+flags.DEFINE_string("feature_layer", None, "Named intermediate of --feature_network that is "
+                    "the feature space (default: the paper's: CNN002's 1,024-d conv_features, "
+                    "else the penultimate features).")
+flags.DEFINE_integer("feature_width", None, "Width of the 3-layer feature MLP heads (paper: "
+                     "256, LargeMLP; 1024, LargeMLPv4, for ImgNet100; default: the recipe's).")
+flags.DEFINE_float("feature_lr", None, "Feature heads' learning rate (default: recipe).")
+flags.DEFINE_string("feature_optimizer", None, "Feature heads' optimizer (default: recipe).")
+flags.DEFINE_integer("feature_batch_size", None, "Feature heads' batch size (default: recipe).")
+flags.DEFINE_integer("feature_epochs", None, "Feature heads' epochs (default: recipe).")
+flags.DEFINE_list("feature_eps", None, "Robust feature heads' radii (default: --eps).")
 
 FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One classifier of an experiment: a registered loss with its attack (robust losses), or
+  an imported run's name (attack None)."""
+  loss: str
+  attack: AttackConfig | None = None
+
+  @property
+  def name(self) -> str:
+    """Its label and directory name: the loss, plus norm and eps for robust losses."""
+    from ncg_jax.train import losses
+    return losses.run_name(self.loss, self.attack) if self.loss in losses.LOSSES else self.loss
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   dataset: str
   model: str
-  losses: tuple[str, ...]  # registered losses and imported runs' names
+  runs: tuple[RunSpec, ...]  # pixel space: trained losses (x eps) and imported runs
+  feature_runs: tuple[RunSpec, ...]  # feature-space heads (attacks without the [0, 1] box)
   workdir: str
   data_dir: str | None
   seed: int
   nn_backend: str
   pixel: TrainConfig
   feature: TrainConfig
-  attack: AttackConfig  # pixel space; feature space drops the [0, 1] box
+  attack: AttackConfig  # the first eps: robust accuracy of the natural and imported runs
   flags: dict
-  feature_network: str = "ce"
+  feature_network: str = "ce"  # the run (label) whose features are the feature space
+  feature_layer: str | None = None  # None: the architecture's (models.feature_layer)
+  feature_width: int = 256
 
   @property
-  def feature_losses(self) -> tuple[str, ...]:
-    """The losses of the feature-space heads: the registered losses of --losses (imported
-    runs are classifiers, not losses), or the natural one when there are none."""
-    from ncg_jax.train import losses
-    return tuple(n for n in self.losses if n in losses.LOSSES) or ("ce",)
+  def losses(self) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(r.loss for r in self.runs))
 
 
 def _override(cfg: TrainConfig, **kw) -> TrainConfig:
@@ -95,6 +120,8 @@ def config_from_flags(dataset: str | None = None) -> ExperimentConfig:
   loss_names = tuple(s.strip() for s in FLAGS.losses.split(",") if s.strip())
   if not loss_names:
     raise ConfigError(f"--losses is empty; valid: {', '.join(losses.LOSSES.names())}")
+  eps = _floats("eps", FLAGS.eps)
+  feature_eps = _floats("feature_eps", FLAGS.feature_eps) if FLAGS.feature_eps else eps
   from ncg_jax import runs
   imported = None
   for name in dict.fromkeys(loss_names + (FLAGS.feature_network,)):
@@ -109,19 +136,50 @@ def config_from_flags(dataset: str | None = None) -> ExperimentConfig:
   if FLAGS.optimizer is not None:
     optim.OPTIMIZERS.lookup(FLAGS.optimizer)
   neighbors.resolve_backend(FLAGS.nn_backend)
-  for name in ("epochs", "batch_size"):
+  if FLAGS.feature_optimizer is not None:
+    optim.OPTIMIZERS.lookup(FLAGS.feature_optimizer)
+  for name in ("epochs", "batch_size", "feature_epochs", "feature_batch_size", "feature_width"):
     if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
       raise ConfigError(f"--{name} must be at least 1")
-  common = dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
-                optimizer=FLAGS.optimizer, seed=FLAGS.seed, precision=FLAGS.precision)
+  attack = lambda e, clip=(0.0, 1.0): AttackConfig(
+      norm=FLAGS.norm, eps=e, steps=FLAGS.attack_steps, step_size=FLAGS.attack_step_size, clip=clip)
+
+  def specs(names, radii, clip):
+    out = []
+    for n in names:
+      robust = n in losses.LOSSES and losses.is_robust(n)
+      out += [RunSpec(n, attack(e, clip)) for e in radii] if robust else [RunSpec(n)]
+    return tuple(out)
+  trainable = tuple(n for n in loss_names if n in losses.LOSSES) or (losses.NATURAL,)
+  pixel_runs = specs(loss_names, eps, (0.0, 1.0))
+  labels = [r.name for r in pixel_runs]
+  if FLAGS.feature_network not in labels and FLAGS.feature_network not in (losses.NATURAL, *loss_names):
+    raise ConfigError(f"--feature_network={FLAGS.feature_network} is none of the runs "
+                      f"({', '.join(labels)}) nor {losses.NATURAL}")
+  pixel = _override(recipes.pixel(base), augment=FLAGS.augment, epochs=FLAGS.epochs,
+                    batch_size=FLAGS.batch_size, lr=FLAGS.lr, optimizer=FLAGS.optimizer,
+                    seed=FLAGS.seed, precision=FLAGS.precision)
+  feature = _override(recipes.feature(base), epochs=FLAGS.feature_epochs,
+                      batch_size=FLAGS.feature_batch_size, lr=FLAGS.feature_lr,
+                      optimizer=FLAGS.feature_optimizer, seed=FLAGS.seed,
+                      precision=FLAGS.precision)
   return ExperimentConfig(
-      dataset=dataset, model=FLAGS.model, losses=loss_names, workdir=FLAGS.workdir,
+      dataset=dataset, model=FLAGS.model, runs=pixel_runs,
+      feature_runs=specs(trainable, feature_eps, None), workdir=FLAGS.workdir,
       data_dir=FLAGS.data_dir, seed=FLAGS.seed, nn_backend=FLAGS.nn_backend,
-      pixel=_override(recipes.pixel(base), augment=FLAGS.augment, **common),
-      feature=_override(recipes.feature(base), **common),
-      attack=AttackConfig(norm=FLAGS.norm, eps=FLAGS.eps, steps=FLAGS.attack_steps,
-                          step_size=FLAGS.attack_step_size),
-      flags=own_flags(), feature_network=FLAGS.feature_network)
+      pixel=pixel, feature=feature, attack=attack(eps[0]), flags=own_flags(),
+      feature_network=FLAGS.feature_network, feature_layer=FLAGS.feature_layer,
+      feature_width=FLAGS.feature_width or recipes.feature_width(base))
+
+
+def _floats(name: str, values: list[str]) -> tuple[float, ...]:
+  try:
+    out = tuple(float(v) for v in values)
+  except ValueError:
+    raise ConfigError(f"--{name}={','.join(values)}: expected comma-separated numbers") from None
+  if not out or min(out) <= 0:
+    raise ConfigError(f"--{name} needs positive radii")
+  return out
 
 
 def own_flags() -> dict:

@@ -8,7 +8,10 @@ Models are trained (or reused) on every class of the clean dataset (`cifar10-c` 
 the corrupted test images' nearest training images are found in pixel and feature space
 (as experiments.ncg), and for every loss it records NCG, accuracy, and accuracy where NCG
 holds vs where it fails with the paper's one-sided Welch t-test. Each robust loss is compared
-with the natural one (`ce`) by the difference and ratio of NCG, mean +- SEM over cells.
+with the natural one (`ce`) by the difference and ratio of NCG, mean +- SEM over cells, and
+per corruption by the slope of NCG over severity (`ncg.slope_vs_severity`: linregress, then
+ttest_ind_from_stats); the Pearson r of cells' mean neighbour distance and accuracy is given
+per run.
 Writes corrupted.json, corrupted.md and corrupted_ncg_vs_severity.png beside the runs.
 """
 import os
@@ -46,23 +49,37 @@ def summarize(cells: list[dict], losses: list[str]) -> dict:
                                      "sem": float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0}
                             for s, v in per_sev.items()},
     }
+    out[loss]["distance_accuracy_pearson"] = ncg.distance_accuracy_correlation(
+        [r["mean_nn_dist"] for r in rows], [r["accuracy"] for r in rows])
     if loss != NATURAL and NATURAL in by_loss:
       key = lambda r: (r["corruption"], r["severity"])
       nat = {key(r): r["ncg"] for r in by_loss[NATURAL]}
       out[loss]["vs_natural"] = ncg.paired_summary(ncgs, [nat[key(r)] for r in rows])
+      slopes = {}
+      for c in dict.fromkeys(r["corruption"] for r in rows):
+        mine = [r for r in rows if r["corruption"] == c]
+        if len(mine) >= 3:
+          slopes[c] = ncg.slope_vs_severity([r["severity"] for r in mine], [r["ncg"] for r in mine],
+                                            [nat[key(r)] for r in mine])
+      out[loss]["slope_vs_severity"] = slopes
+      out[loss]["steeper_cells"] = int(sum(v["t"] > 0 and v["pvalue"] < ALPHA
+                                           for v in slopes.values()))
   return out
 
 
 def table(summary: dict) -> str:
   rows = ["| space | run | mean NCG | mean acc | cells acc(NCG)>acc(not NCG), p<.05 | "
-          "NCG − ce (mean ± SEM) | NCG / ce (mean ± SEM) |", "|---|---|---|---|---|---|---|"]
+          "NCG − ce (mean ± SEM) | NCG / ce (mean ± SEM) | NCG slope > ce's, p<.05 | "
+          "r(distance, acc) |", "|---|---|---|---|---|---|---|---|---|"]
   for space, by_loss in summary.items():
     for loss, s in by_loss.items():
       v = s.get("vs_natural")
       diff = f"{v['diff_mean']:+.3f} ± {v['diff_sem']:.3f}" if v else "-"
       ratio = f"{v['ratio_mean']:.3f} ± {v['ratio_sem']:.3f}" if v else "-"
+      slope = f"{s['steeper_cells']}/{len(s['slope_vs_severity'])}" if v else "-"
       rows.append(f"| {space} | {loss} | {s['ncg_mean']:.3f} | {s['accuracy_mean']:.3f} | "
-                  f"{s['significant_cells']}/{s['cells']} | {diff} | {ratio} |")
+                  f"{s['significant_cells']}/{s['cells']} | {diff} | {ratio} | {slope} | "
+                  f"{s['distance_accuracy_pearson']['r']:.3f} |")
   return "\n".join(rows)
 
 

@@ -14,8 +14,8 @@ def run(cfg: common.ExperimentConfig) -> None:
   ds = data.load(cfg.dataset, cfg.data_dir)
   trained = runs.train_or_load(
       workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model, space="pixel",
-      loss=cfg.losses[0], data=ds.train, num_classes=ds.num_classes, cfg=cfg.pixel,
-      attack=cfg.attack)
+      loss=cfg.runs[0].loss, data=ds.train, num_classes=ds.num_classes, cfg=cfg.pixel,
+      attack=cfg.runs[0].attack)
   from ncg_jax.models import logits_and_features
   logits, _ = logits_and_features(trained, ds.test.x)
   print(f"test accuracy: {(logits.argmax(-1) == ds.test.y).mean():.4f} on {len(ds.test)} images")

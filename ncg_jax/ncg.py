@@ -108,3 +108,34 @@ def paired_summary(robust: np.ndarray, natural: np.ndarray) -> dict:
   return {"diff_mean": float(diff.mean()), "diff_sem": sem(diff),
           "ratio_mean": float(ratio.mean()) if len(ratio) else float("nan"), "ratio_sem": sem(ratio),
           "n_cells": int(len(diff)), "n_ratio_cells": int(len(ratio))}
+
+
+def slope_vs_severity(severity: np.ndarray, robust: np.ndarray, natural: np.ndarray) -> dict:
+  """The paper's Table 4 slope test for one corruption: NCG regressed on the severity level
+  (`scipy.stats.linregress`) for the robust and the natural model, and the two slopes
+  compared with `ttest_ind_from_stats` (each slope's standard deviation taken as its
+  standard error times sqrt(n), n = the number of levels)."""
+  severity = np.asarray(severity, np.float64)
+  fit_r = stats.linregress(severity, np.asarray(robust, np.float64))
+  fit_n = stats.linregress(severity, np.asarray(natural, np.float64))
+  n = len(severity)
+  t, p = stats.ttest_ind_from_stats(fit_r.slope, fit_r.stderr * np.sqrt(n), n,
+                                    fit_n.slope, fit_n.stderr * np.sqrt(n), n)
+  return {"slope_robust": float(fit_r.slope), "slope_natural": float(fit_n.slope),
+          "stderr_robust": float(fit_r.stderr), "stderr_natural": float(fit_n.stderr),
+          "t": float(t), "pvalue": float(p), "n_levels": int(n)}
+
+
+def distance_accuracy_correlation(mean_dist: np.ndarray, accuracy: np.ndarray) -> dict:
+  """Pearson r (and its p-value) between cells' mean neighbour distance and accuracy."""
+  if len(mean_dist) < 3:
+    return {"r": float("nan"), "pvalue": float("nan"), "n": int(len(mean_dist))}
+  res = stats.pearsonr(np.asarray(mean_dist, np.float64), np.asarray(accuracy, np.float64))
+  return {"r": float(res.statistic), "pvalue": float(res.pvalue), "n": int(len(mean_dist))}
+
+
+def mean_sem(values) -> dict:
+  """Mean and standard error over, e.g., held-out classes (the paper's Table 1 rows)."""
+  v = np.asarray(values, np.float64)
+  return {"mean": float(v.mean()), "sem": float(stats.sem(v)) if len(v) > 1 else float("nan"),
+          "n": int(len(v))}

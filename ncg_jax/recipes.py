@@ -23,7 +23,10 @@ DIGITS = dataclasses.replace(MNIST, epochs=30, milestones=(20, 25))
 
 PIXEL = {"digits": DIGITS, "mnist": MNIST, "cifar10": CIFAR, "cifar100coarse": CIFAR,
          "imgnet100": IMGNET100}
-FEATURE = {"digits": DIGITS, "mnist": dataclasses.replace(MLP, batch_size=256)}
+# ImgNet100: the paper's LargeMLPv4 heads (3 x 1024) at lr 0.1 (`feature_space_ncg.ipynb`)
+FEATURE = {"digits": DIGITS, "mnist": dataclasses.replace(MLP, batch_size=256),
+           "imgnet100": dataclasses.replace(MLP, lr=0.1)}
+FEATURE_WIDTH = {"imgnet100": 1024}
 USER = CIFAR  # npz: and folder: datasets
 
 
@@ -33,3 +36,7 @@ def pixel(base: str) -> TrainConfig:
 
 def feature(base: str) -> TrainConfig:
   return FEATURE.get(base, MLP)
+
+
+def feature_width(base: str) -> int:
+  return FEATURE_WIDTH.get(base, 256)

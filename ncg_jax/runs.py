@@ -30,12 +30,20 @@ def run_dir(workdir: str, dataset: str, model: str, seed: int, space: str, run: 
   return os.path.join(workdir, dir_name(dataset), model, f"seed{seed}", space, run)
 
 
+def feature_space_dir(network: str, layer: str, default_layer: str) -> str:
+  """Where feature-space heads live: `feature` on the natural network's default feature
+  layer, `feature-<run>` on another run's, `...@<layer>` on another layer."""
+  return ("feature" + ("" if network == losses.NATURAL else f"-{network}")
+          + ("" if layer == default_layer else f"@{layer}"))
+
+
 def train_or_load(*, workdir: str, dataset: str, model_name: str, space: str, loss: str,
                   data: Split, num_classes: int, cfg: TrainConfig, attack=None,
-                  log=print) -> Trained:
-  """The run of `loss` in `space` (pixel, or a feature space: `feature` on the natural
-  network's features, `feature-<run>` on another run's), trained or resumed as needed. A
-  pixel-space name that is no registered loss is an imported run, loaded as it is."""
+                  fields: dict | None = None, log=print) -> Trained:
+  """The run of `loss` in `space` (pixel, or a feature-space directory from
+  `feature_space_dir`), trained or resumed as needed. A pixel-space name that is no
+  registered loss is an imported run, loaded as it is. `fields` are architecture fields
+  (feature heads' widths)."""
   if space == "pixel" and loss not in losses.LOSSES:
     directory = run_dir(workdir, dataset, model_name, cfg.seed, space, loss)
     record = read_record(directory)
@@ -56,7 +64,7 @@ def train_or_load(*, workdir: str, dataset: str, model_name: str, space: str, lo
           + ("-aug" if cfg.augment else ""))
   directory = run_dir(workdir, dataset, model_name, cfg.seed, space, name)
   log(f"[{space}/{loss}] {arch} on {len(data)} examples -> {directory}")
-  model = models.create(arch, num_classes, dtype=jnp.dtype(cfg.precision))
+  model = models.create(arch, num_classes, dtype=jnp.dtype(cfg.precision), **(fields or {}))
   return train(model, data, cfg, directory, attack=attack,
                meta={"arch": arch, "space": space}, log=log)
 

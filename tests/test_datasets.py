@@ -159,17 +159,18 @@ def _mocked(n, module, *args):
 
 
 TINY = ["--model=wrn_10_1", "--epochs=1", "--batch_size=16", "--losses=ce,trades6",
-        "--attack_steps=2"]
+        "--attack_steps=2", "--feature_epochs=1", "--feature_batch_size=16"]
 
 
 def test_cifar10wo0_ncg_and_detect_on_mock_data(tmp_path):
-  p = _mocked(80, "experiments.ncg", "--dataset=cifar10wo0", *TINY, f"--workdir={tmp_path}")
+  p = _mocked(80, "experiments.ncg", "--dataset=cifar10wo0", *TINY, "--robust_n=0",
+              f"--workdir={tmp_path}")
   assert p.returncode == 0, p.stderr[-3000:]
   out = tmp_path / "cifar10wo0" / "wrn_10_1" / "seed0"
   res = json.loads((out / "results.json").read_text())
   d = res["dataset"]
   assert d["num_classes"] == 9 and d["train"] + d["ood"] + d["test"] == 160
-  assert set(res["spaces"]["pixel"]) == set(res["spaces"]["feature"]) == {"ce", "trades6"}
+  assert set(res["spaces"]["pixel"]) == set(res["spaces"]["feature"]) == {"ce", "trades6-l2-eps2"}
   p = _mocked(80, "experiments.detect", "--dataset=cifar10wo0", "--model=wrn_10_1",
               "--detectors=msp,energy,knn", "--max_ood=30", f"--workdir={tmp_path}")
   assert p.returncode == 0, p.stderr[-3000:]
@@ -187,7 +188,8 @@ def test_cifar10wo0_ncg_and_detect_on_mock_data(tmp_path):
 
 def test_mnistwo9_ncg_on_mock_data(tmp_path):
   p = _mocked(64, "experiments.ncg", "--dataset=mnistwo9", "--model=cnn002", "--epochs=1",
-              "--batch_size=16", "--losses=ce", f"--workdir={tmp_path}")
+              "--batch_size=16", "--losses=ce", "--feature_epochs=1", "--feature_batch_size=16",
+              "--robust_n=0", f"--workdir={tmp_path}")
   assert p.returncode == 0, p.stderr[-3000:]
   res = json.loads((tmp_path / "mnistwo9" / "cnn002" / "seed0" / "results.json").read_text())
   assert res["dataset"]["held_out"] == 9 and res["dataset"]["num_classes"] == 9
@@ -204,7 +206,7 @@ def test_cifar10_c_corrupted_on_mock_data(tmp_path):
     assert len(cells) == 2 * 5 * 2  # corruptions x severities x losses
     s = res["summary"][space]
     assert np.isclose(s["ce"]["ncg_mean"], np.mean([c["ncg"] for c in cells if c["loss"] == "ce"]))
-    diffs = [r["ncg"] - c["ncg"] for r, c in zip([c for c in cells if c["loss"] == "trades6"],
+    diffs = [r["ncg"] - c["ncg"] for r, c in zip([c for c in cells if c["loss"] == "trades6-l2-eps2"],
                                                  [c for c in cells if c["loss"] == "ce"])]
-    assert np.isclose(s["trades6"]["vs_natural"]["diff_mean"], np.mean(diffs))
+    assert np.isclose(s["trades6-l2-eps2"]["vs_natural"]["diff_mean"], np.mean(diffs))
   assert (out / "corrupted.md").exists() and (out / "corrupted_ncg_vs_severity.png").exists()

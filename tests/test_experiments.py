@@ -25,16 +25,16 @@ def test_bad_input_exits_2_with_one_line(args, msg, data_dir, tmp_path):
 
 def test_ncg_end_to_end_and_reproducible(data_dir, tmp_path):
   args = ["--dataset=digitswo9", "--model=cnn002", "--epochs=2", "--losses=ce,trades6",
-          "--attack_steps=2", f"--data_dir={data_dir}"]
+          "--attack_steps=2", "--feature_epochs=2", "--robust_n=40", f"--data_dir={data_dir}"]
   results = []
   for name in ("a", "b"):
     p = run_module("experiments.ncg", *args, f"--workdir={tmp_path / name}")
     assert p.returncode == 0, p.stderr[-3000:]
     for space in ("pixel", "feature"):
-      assert f"| {space} | ce |" in p.stdout and f"| {space} | trades6 |" in p.stdout
+      assert f"| {space} | ce |" in p.stdout and f"| {space} | trades6-l2-eps2 |" in p.stdout
     out = tmp_path / name / "digitswo9" / "cnn002" / "seed0"
     for f in ("results.json", "ncg_table.md", "ncg_vs_distance.png", "ncg_pixel_ce.npz",
-              "ncg_feature_ce.npz", "ncg_pixel_trades6.npz", "ncg_feature_trades6.npz"):
+              "ncg_feature_ce.npz", "ncg_pixel_trades6-l2-eps2.npz", "ncg_feature_trades6-l2-eps2.npz"):
       assert (out / f).exists(), f
     with open(out / "results.json") as f:
       results.append(json.load(f))
@@ -44,6 +44,14 @@ def test_ncg_end_to_end_and_reproducible(data_dir, tmp_path):
     # the stored figure is the one recomputed from the stored arrays
     ncg = np.mean(npz["ood_pred"] == npz["train_y"][npz["nn_index"]])
     assert abs(ncg - results[-1]["spaces"]["pixel"]["ce"]["ood"]["ncg"]) < 1e-12
+    assert str(np.load(out / "ncg_feature_ce.npz")["feature_layer"]) == "conv_features"
+    assert np.load(out / "ncg_feature_ce.npz")["train_x"].shape == (1294, 1024)  # the paper's
+    for space in ("pixel", "feature"):
+      for run, r in results[-1]["spaces"][space].items():
+        rob = r["robust"]
+        assert rob["eps"] == 2.0 and rob["n"] == 40 and 0 <= rob["any"] <= rob["clean"]
+        assert rob["any"] <= min(rob["pgd"], rob["apgd_ce"], rob["apgd_dlr"])
+        assert 0 <= r["uniform_noise"]["ncg"] <= 1 and r["train_accuracy"] > 0
   a, b = results
   assert a["flags"]["seed"] == 0 and a["versions"]["jax"]
   assert a["spaces"] == b["spaces"]  # same seed, same numbers
@@ -71,7 +79,8 @@ def test_robustness_experiment_on_a_tiny_budget(data_dir, tmp_path):
   for loss in ("ce", "advce"):
     p = run_module("experiments.train", *common, f"--loss={loss}", "--attack_steps=2")
     assert p.returncode == 0, p.stderr[-3000:]
-  p = run_module("experiments.robustness", *common, "--n_samples=12",
+  p = run_module("experiments.robustness", *common, "--n_samples=12", "--cw_batch_size=8",
+                 "--robust_n=30",
                  "--cw_binary_search_steps=3", "--cw_max_iterations=50", "--cw_initial_const=1")
   assert p.returncode == 0, p.stderr[-3000:]
   out = tmp_path / "digitswo9" / "cnn002" / "seed0"
@@ -80,7 +89,57 @@ def test_robustness_experiment_on_a_tiny_budget(data_dir, tmp_path):
   with open(out / "robustness.json") as f:
     res = json.load(f)
   assert set(res["runs"]) == {"ce", "advce-l2-eps2"}
+  assert "about" in p.stdout and "12/12 images" in p.stdout  # progress, two chunks of 8
   for run, r in res["runs"].items():
     assert 0 < r["attacked"] <= 12 and r["mean_ood_dist"] > 0
+    assert r["mean_ood_dist_attacked"] > 0 and r["robust"]["n"] == 30
+    assert r["robust"]["any"] <= r["robust"]["clean"]
     assert all(x > 0 for x in res["radii"][run])
     assert 0.0 <= r["covered"] <= 1.0 or r["covered"] != r["covered"]  # a fraction, or NaN
+
+
+def test_a_run_that_did_not_learn_is_flagged_and_warned_about(digits9, capsys, monkeypatch):
+  """An untrained CNN002 (zero head: one constant prediction) scores at chance: flagged in
+  the results and warned about on stderr. A constant classifier is trivially robust (its
+  robust accuracy is its clean accuracy); a robust run whose attacks break everything is
+  flagged 'not robust'."""
+  import jax
+  import jax.numpy as jnp
+  from experiments import common
+  from experiments.ncg import Space, assess
+  from ncg_jax import models
+  from ncg_jax.train import losses
+  model = models.create("cnn002", 9)
+  params, state = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  trained = models.Trained(model, params, state, (28, 28, 1))
+  attack = losses.AttackConfig(eps=2.0)
+  spec = common.RunSpec("advce", attack)
+  sp = Space("pixel", None, None, {spec.name: trained}, {spec.name: spec})
+  out, _ = assess(sp, spec.name, digits9, None, attack, robust_n=60, seed=0, log=lambda s: None)
+  assert out["flags"] == ["did not learn"]
+  assert out["test_accuracy"] <= out["chance_accuracy"] + 1e-9
+  assert out["robust"]["any"] == out["robust"]["clean"]
+  assert "warning: pixel/advce-l2-eps2 did not learn" in capsys.readouterr().err
+  import experiments.ncg as ncg_exp
+  monkeypatch.setattr(ncg_exp, "robust_accuracy_over", lambda *a, **k: {"clean": 0.9, "any": 0.01})
+  out, _ = assess(sp, spec.name, digits9, None, attack, robust_n=60, seed=0, log=lambda s: None)
+  assert out["flags"] == ["did not learn", "not robust"]
+  assert "warning: pixel/advce-l2-eps2 not robust" in capsys.readouterr().err
+
+
+def test_held_out_sweep_summarises_classes_as_table_1(data_dir, tmp_path):
+  p = run_module("experiments.ncg", "--dataset=digits", "--held_out=8,9", "--losses=ce",
+                 "--epochs=2", "--space=pixel", "--robust_n=0", f"--data_dir={data_dir}",
+                 f"--workdir={tmp_path}")
+  assert p.returncode == 0, p.stderr[-3000:]
+  with open(tmp_path / "digits" / "cnn002" / "seed0" / "ncg_sweep.json") as f:
+    sweep = json.load(f)["summary"]["pixel"]["ce"]
+  per = [json.loads((tmp_path / f"digitswo{k}" / "cnn002" / "seed0" / "results.json").read_text())
+         ["spaces"]["pixel"]["ce"]["ood"]["ncg"] for k in (8, 9)]
+  assert [sweep["per_class"][k]["ncg"] for k in ("8", "9")] == per
+  assert np.isclose(sweep["ncg"]["mean"], np.mean(per))
+  assert np.isclose(sweep["ncg"]["sem"], np.std(per, ddof=1) / np.sqrt(2))
+  assert "| pixel | ce |" in p.stdout and "mean ± SEM" in p.stdout
+  p = run_module("experiments.ncg", "--dataset=digitswo9", "--held_out=all",
+                 f"--data_dir={data_dir}", f"--workdir={tmp_path}")
+  assert p.returncode == 2 and "already holds a class out" in p.stderr

@@ -80,3 +80,26 @@ def test_paired_summary_mean_and_sem():
   r = rob[:3] / nat[:3]  # the natural-NCG-zero cell has no ratio
   assert s["n_ratio_cells"] == 3 and np.isclose(s["ratio_mean"], r.mean())
   assert np.isclose(s["ratio_sem"], r.std(ddof=1) / np.sqrt(3))
+
+
+def test_slope_vs_severity_and_correlation_closed_forms():
+  from scipy import stats
+  from ncg_jax.ncg import distance_accuracy_correlation, mean_sem, slope_vs_severity
+  sev = np.arange(1, 6)
+  rng = np.random.default_rng(0)
+  nat = 0.9 - 0.05 * sev + rng.normal(0, 0.01, 5)
+  rob = 0.9 - 0.01 * sev + rng.normal(0, 0.01, 5)
+  r = slope_vs_severity(sev, rob, nat)
+  # slopes by the normal equations
+  slope = lambda y: np.sum((sev - sev.mean()) * (y - y.mean())) / np.sum((sev - sev.mean()) ** 2)
+  assert np.isclose(r["slope_robust"], slope(rob)) and np.isclose(r["slope_natural"], slope(nat))
+  se = lambda y: np.sqrt(np.sum((y - (y.mean() + slope(y) * (sev - sev.mean()))) ** 2) / 3
+                         / np.sum((sev - sev.mean()) ** 2))
+  # Welch/pooled t with equal n and the slopes' sd = se * sqrt(n): (b1 - b2) / sqrt(se1^2 + se2^2)
+  t = (slope(rob) - slope(nat)) / np.sqrt(se(rob) ** 2 + se(nat) ** 2)
+  assert np.isclose(r["t"], t) and r["t"] > 0 and r["pvalue"] < 0.05
+  assert np.isclose(r["pvalue"], 2 * stats.t.sf(abs(t), 8))
+  c = distance_accuracy_correlation([1.0, 2.0, 3.0, 4.0], [0.9, 0.7, 0.5, 0.3])
+  assert np.isclose(c["r"], -1.0)
+  m = mean_sem([0.2, 0.4, 0.6])
+  assert np.isclose(m["mean"], 0.4) and np.isclose(m["sem"], 0.2 / np.sqrt(3))

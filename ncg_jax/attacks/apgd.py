@@ -26,6 +26,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ncg_jax.attacks.pgd import pgd
@@ -173,8 +174,17 @@ def robust_accuracy(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, *, eps,
                     clip: tuple[float, float] | None = (0.0, 1.0)) -> dict[str, jnp.ndarray]:
   """Per-example robustness [B] (True: still correctly classified) under each attack and
   under all of them ('any'): PGD on CE with `pgd_restarts` random starts (step 2.5 eps /
-  steps), APGD-CE and APGD-DLR (DLR skipped below 3 classes). 'clean' is plain accuracy."""
+  steps), APGD-CE and APGD-DLR (DLR skipped below 3 classes). 'clean' is plain accuracy.
+  One compiled program per (logits_fn, shapes, settings)."""
   key = jax.random.key(0) if key is None else key
+  return _robust(as_partial(logits_fn), jnp.asarray(x), jnp.asarray(y), key, jnp.float32(eps),
+                 norm=norm, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
+                 apgd_steps=apgd_steps, clip=None if clip is None else tuple(clip))
+
+
+@functools.partial(jax.jit, static_argnames=("norm", "pgd_steps", "pgd_restarts", "apgd_steps",
+                                             "clip"))
+def _robust(logits_fn, x, y, key, eps, *, norm, pgd_steps, pgd_restarts, apgd_steps, clip):
   correct = lambda xa: jnp.argmax(logits_fn(xa), -1) == y
   out = {"clean": correct(x)}
   ok = out["clean"]
@@ -186,7 +196,21 @@ def robust_accuracy(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, *, eps,
   n_classes = jax.eval_shape(logits_fn, x).shape[-1]
   for loss in LOSSES if n_classes >= 3 else ("ce",):
     out[f"apgd_{loss}"] = out["clean"] & correct(
-        apgd(logits_fn, x, y, eps=eps, norm=norm, loss=loss, steps=apgd_steps,
-             key=jax.random.fold_in(key, 1000), clip=clip))
+        _apgd(logits_fn, x, y, jax.random.fold_in(key, 1000), eps, norm=norm, loss=loss,
+              steps=apgd_steps, restarts=1, clip=clip))
   out["any"] = functools.reduce(jnp.logical_and, out.values())
   return out
+
+
+def robust_accuracy_over(trained, x: np.ndarray, y: np.ndarray, *, eps, norm: str,
+                         clip=(0.0, 1.0), batch_size: int = 256, seed: int = 0,
+                         **settings) -> dict[str, float]:
+  """`robust_accuracy` of a `Trained` model over a whole split (uint8 images or float
+  features) in fixed-shape padded batches: {attack: fraction still correct}."""
+  from ncg_jax.data.batching import map_batches
+  from ncg_jax.models.trained import to_input
+  fn, key = trained.logits_fn(), jax.random.key(seed)
+  per = map_batches(lambda xb, yb: robust_accuracy(fn, to_input(xb), yb, eps=eps, norm=norm,
+                                                   key=key, clip=clip, **settings),
+                    x, y, batch_size=batch_size)
+  return {k: float(np.mean(v)) for k, v in per.items()}

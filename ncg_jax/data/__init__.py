@@ -110,6 +110,14 @@ def num_classes(name: str) -> int | None:
   return source.num_classes - (k is not None)
 
 
+def held_out_name(base: str, k: int) -> str:
+  """The name of `base` with class k held out: 'digits' -> 'digitswo3', 'npz:x.npz' ->
+  'npz:x.npz:wo3'."""
+  if re.search(r"wo\d+$", base) and not _USER.fullmatch(base):
+    raise ConfigError(f"{base} already holds a class out; give the base dataset")
+  return f"{base}:wo{k}" if _USER.fullmatch(base) else f"{base}wo{k}"
+
+
 def dir_name(name: str) -> str:
   """A dataset name as one directory name: user datasets become
   `<kind>-<file stem>-<hash of the absolute path>[wo<k>]`, others stay as they are."""

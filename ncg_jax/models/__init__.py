@@ -20,7 +20,8 @@ from ncg_jax.models.cnn002 import CNN002
 from ncg_jax.models.densenet import DenseNet
 from ncg_jax.models.mlp import MLP
 from ncg_jax.models.resnet import resnet18, resnet18_224, resnet50, resnet50_cifar
-from ncg_jax.models.trained import Trained, logits_and_features, to_input  # noqa: F401
+from ncg_jax.models.trained import (Trained, embed, logits_and_features,  # noqa: F401
+                                    to_input)
 from ncg_jax.models.vit import vit_b_16
 from ncg_jax.models.wrn import WideResNet
 from ncg_jax.registry import Registry
@@ -39,6 +40,15 @@ MODELS.register("bit_s_r<depth>x<factor>", bit)
 MODELS.register("bit_m_r<depth>x<factor>", bit)
 MODELS.register("densenet_bc_<depth>_<growth>",
                 lambda depth, growth, **kw: DenseNet(depth=int(depth), growth=int(growth), **kw))
+
+# The NCG paper's feature space per architecture (lolip's `get_repr` defaults): CNN002's
+# 1,024-d convolutional features; every other network's penultimate (pooled) features.
+FEATURE_LAYERS = {"cnn002": "conv_features"}
+
+
+def feature_layer(name: str) -> str:
+  return FEATURE_LAYERS.get(name, "features")
+
 
 # Collections that belong to the model state (trained or running statistics). Everything
 # else `init` creates (perturbations, intermediates) is scratch and is dropped.

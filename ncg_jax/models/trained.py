@@ -52,6 +52,21 @@ def _outputs_fn(model: nn.Module):
   return jax.jit(lambda v, xb: model.apply(v, to_input(xb), train=False))
 
 
+@functools.lru_cache(maxsize=None)
+def _layer_fn(model: nn.Module, layer: str):
+  """jit(variables, x) -> the sown intermediate `layer`, flattened per example (rank-4 maps
+  channel-major, as PyTorch's NCHW `.view(B, -1)`)."""
+  def fn(v, xb):
+    _, state = model.apply(v, to_input(xb), train=False, mutable=["intermediates"])
+    inter = state["intermediates"]
+    if layer not in inter:
+      raise KeyError(f"unknown layer '{layer}'; this model sows: {', '.join(sorted(inter))}")
+    h = inter[layer][0]
+    h = h.transpose(0, 3, 1, 2) if h.ndim == 4 else h
+    return h.reshape(h.shape[0], -1).astype(jnp.float32)
+  return jax.jit(fn)
+
+
 @dataclasses.dataclass
 class Trained:
   model: nn.Module
@@ -73,4 +88,11 @@ def logits_and_features(trained: Trained, x: np.ndarray, batch_size: int = 512):
   """(logits [N, K], penultimate features [N, D]) of `trained` in eval mode."""
   check_shape(trained.input_shape, x.shape[1:])
   fn, variables = _outputs_fn(trained.model), trained.variables()
+  return map_batches(lambda xb: fn(variables, xb), x, batch_size=batch_size)
+
+
+def embed(trained: Trained, x: np.ndarray, layer: str = "features", batch_size: int = 512):
+  """The intermediate `layer` of `trained` for every row of x, flattened: [N, D]."""
+  check_shape(trained.input_shape, x.shape[1:])
+  fn, variables = _layer_fn(trained.model, layer), trained.variables()
   return map_batches(lambda xb: fn(variables, xb), x, batch_size=batch_size)

@@ -33,6 +33,7 @@ from ncg_jax.attacks.pgd import NORMS, ascend, random_start
 from ncg_jax.registry import ConfigError, Registry
 
 LOSSES = Registry("loss")
+NATURAL = "ce"  # the natural (non-robust) loss robust runs are compared with
 
 
 @dataclasses.dataclass(frozen=True)

@@ -100,8 +100,9 @@ def _check_config(run_dir: str, cfg: TrainConfig, settings: dict, meta: dict) ->
     with open(path) as f:
       old = json.load(f)
     defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))  # fields added later
+    # settings recorded only by later versions (input_shape, fields) are compared when present
     diff = [k for k in record if k != "epochs" and k not in meta
-            and old.get(k, defaults.get(k)) != record[k]]
+            and (k in old or k in defaults) and old.get(k, defaults.get(k)) != record[k]]
     if diff:
       raise ConfigError(
           f"{run_dir} holds a run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
@@ -116,7 +117,11 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
           attack: losses.AttackConfig | None = None, meta: dict | None = None,
           log: Callable[[str], None] = print) -> Trained:
   """`meta` (JSON-able) is recorded in the run's config.json beside the settings."""
-  settings = {"model": type(model).__name__, "num_examples": len(data)}
+  from ncg_jax.models.pretrained import fields_of
+  settings = {"model": type(model).__name__, "num_examples": len(data),
+              "input_shape": list(data.x.shape[1:])}
+  if meta and meta.get("arch"):
+    settings["fields"] = fields_of(model, meta["arch"])
   if losses.is_robust(cfg.loss):
     settings["attack"] = dataclasses.asdict(attack or losses.AttackConfig())
   _check_config(run_dir, cfg, settings, meta or {})

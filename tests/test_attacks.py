@@ -30,6 +30,18 @@ def linear_problem(d=100, k=5, n=400, seed=0):
   return (lambda xa: xa @ W + b), x, y, l2, linf, inbox
 
 
+def linear_case(norm: str, seed: int):
+  """A linear problem's interior points with their exact distance in `norm` and eps = the
+  median distance, so about half the points are robust."""
+  f, x, y, l2, linf, inbox = linear_problem(seed=seed)
+  exact = (linf if norm == "linf" else l2)[inbox]
+  return f, x[inbox], y[inbox], exact, float(np.median(exact))
+
+
+def distance(adv, x, norm):
+  return np.abs(adv - x).max(1) if norm == "linf" else np.linalg.norm(adv - x, axis=1)
+
+
 @pytest.fixture(autouse=True)
 def highest_precision():
   jax.config.update("jax_default_matmul_precision", "highest")
@@ -61,15 +73,11 @@ def test_cw_l2_failure_returns_the_input_and_false():
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_pgd_finds_adversarials_inside_eps_and_none_outside(norm):
-  f, x, y, l2, linf, inbox = linear_problem(seed=1)
-  exact = linf if norm == "linf" else l2
-  x, y, exact = x[inbox], y[inbox], exact[inbox]
-  eps = float(np.median(exact))
+  f, x, y, exact, eps = linear_case(norm, seed=1)
   steps = 40
   adv = np.asarray(pgd(f, x, y, eps=eps, norm=norm, steps=steps, step_size=2.5 * eps / steps))
   fooled = np.asarray(f(adv)).argmax(1) != y
-  dist = np.abs(adv - x).max(1) if norm == "linf" else np.linalg.norm(adv - x, axis=1)
-  assert np.all(dist <= eps * (1 + 1e-5)) and adv.min() >= 0 and adv.max() <= 1
+  assert np.all(distance(adv, x, norm) <= eps * (1 + 1e-5)) and adv.min() >= 0 and adv.max() <= 1
   well_inside = exact < 0.8 * eps
   assert well_inside.sum() > 20 and fooled[well_inside].all()
   assert not fooled[exact > eps * (1 + 1e-5)].any()
@@ -80,7 +88,7 @@ def test_pgd_random_start_stays_in_the_ball():
   for norm in ("linf", "l2"):
     adv = np.asarray(pgd(f, x, y, eps=0.1, norm=norm, steps=1, step_size=0.0,
                          key=jax.random.key(0)))
-    dist = np.abs(adv - x).max(1) if norm == "linf" else np.linalg.norm(adv - x, axis=1)
+    dist = distance(adv, x, norm)
     assert np.all(dist <= 0.1 + 1e-6) and np.all(dist > 0)
 
 
@@ -94,13 +102,9 @@ def test_apgd_breaks_every_non_robust_point_and_no_robust_one(norm, loss):
   closer to the boundary (measured on seeds 2 and 3: CE missed points at 0.83-0.99 eps, DLR
   at 0.96-0.99), which is why AutoAttack runs both and `robust_accuracy` combines them."""
   from ncg_jax.attacks import apgd
-  f, x, y, l2, linf, inbox = linear_problem(seed=2)
-  exact = linf if norm == "linf" else l2
-  x, y, exact = x[inbox], y[inbox], exact[inbox]
-  eps = float(np.median(exact))
+  f, x, y, exact, eps = linear_case(norm, seed=2)
   adv = np.asarray(apgd(f, x, y, eps=eps, norm=norm, loss=loss, steps=100))
-  dist = np.abs(adv - x).max(1) if norm == "linf" else np.linalg.norm(adv - x, axis=1)
-  assert np.all(dist <= eps * (1 + 1e-5)) and adv.min() >= 0 and adv.max() <= 1
+  assert np.all(distance(adv, x, norm) <= eps * (1 + 1e-5)) and adv.min() >= 0 and adv.max() <= 1
   fooled = np.asarray(f(adv)).argmax(1) != y
   non_robust = exact < eps * (0.95 if loss == "dlr" else 0.8)
   assert non_robust.sum() > 20 and fooled[non_robust].all(), (fooled[non_robust].mean())
@@ -150,10 +154,7 @@ def test_ascend_replaces_a_zero_gradient_by_a_random_direction_only_with_a_key()
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_robust_accuracy_is_exact_on_a_linear_classifier(norm):
   from ncg_jax.attacks import robust_accuracy
-  f, x, y, l2, linf, inbox = linear_problem(seed=3)
-  exact = linf if norm == "linf" else l2
-  x, y, exact = x[inbox], y[inbox], exact[inbox]
-  eps = float(np.median(exact))
+  f, x, y, exact, eps = linear_case(norm, seed=3)
   r = {k: np.asarray(v) for k, v in robust_accuracy(f, x, y, eps=eps, norm=norm,
                                                       pgd_steps=20, pgd_restarts=2).items()}
   assert set(r) == {"clean", "pgd", "apgd_ce", "apgd_dlr", "any"} and r["clean"].all()

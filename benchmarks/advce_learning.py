@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks.common import row
 from ncg_jax import data, models
-from ncg_jax.data import train_batches
+from ncg_jax.batching import train_batches
 from ncg_jax.train import losses
 from ncg_jax.train.trainer import TrainConfig, train
 

@@ -24,7 +24,7 @@ def main(out: str, workdir: str) -> None:
   xf = x[:24].astype(np.float32) / 255.0
   adv, ok = cw_l2(trained.logits_fn(), xf, y[:24], binary_search_steps=2, max_iterations=30,
                   initial_const=1.0, batch_size=24)
-  from ncg_jax.data import map_batches
+  from ncg_jax.batching import map_batches
   odin = map_batches(lambda xb: detect.odin(trained.logits_fn(), xb), xf, batch_size=8)
   db = rng.normal(size=(1000, 37)).astype(np.float32)
   _, nn = neighbors.nearest(db, db[:50] + 0.01, k=3, backend="jax", db_block=100)

@@ -30,7 +30,9 @@ import numpy as np
 from jax import lax
 
 from ncg_jax.attacks.pgd import pgd
+from ncg_jax.batching import map_batches
 from ncg_jax.functional import as_partial
+from ncg_jax.models.trained import to_input
 
 LOSSES = ("ce", "dlr")
 
@@ -207,8 +209,6 @@ def robust_accuracy_over(trained, x: np.ndarray, y: np.ndarray, *, eps, norm: st
                          **settings) -> dict[str, float]:
   """`robust_accuracy` of a `Trained` model over a whole split (uint8 images or float
   features) in fixed-shape padded batches: {attack: fraction still correct}."""
-  from ncg_jax.data.batching import map_batches
-  from ncg_jax.models.trained import to_input
   fn, key = trained.logits_fn(), jax.random.key(seed)
   per = map_batches(lambda xb, yb: robust_accuracy(fn, to_input(xb), yb, eps=eps, norm=norm,
                                                    key=key, clip=clip, **settings),

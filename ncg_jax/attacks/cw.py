@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from ncg_jax.data import map_batches
+from ncg_jax.batching import map_batches
 from ncg_jax.functional import as_partial
 
 _BIG = 1e10

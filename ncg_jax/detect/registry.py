@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncg_jax.detect import distances, gradients, metrics, nac, scores
-from ncg_jax.data import map_batches
+from ncg_jax.batching import map_batches
 from ncg_jax.models import logits_and_features
 from ncg_jax.registry import Registry
 from ncg_jax.train import losses

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncg_jax.data.batching import map_batches
+from ncg_jax.batching import map_batches
 
 
 def to_input(x: jnp.ndarray) -> jnp.ndarray:

@@ -20,7 +20,8 @@ import optax
 
 from ncg_jax import models, sharding
 from ncg_jax.models.trained import Trained, to_input
-from ncg_jax.data import Split, train_batches
+from ncg_jax.batching import train_batches
+from ncg_jax.data import Split
 from ncg_jax.registry import ConfigError
 from ncg_jax.train import checkpoint, losses, optim
 

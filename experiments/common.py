@@ -243,6 +243,16 @@ def write_tables(out_dir: str, stem: str, results: dict, heading: str, md: str) 
   write_markdown(os.path.join(out_dir, f"{stem}.md"), heading, md)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag (unknown, or a value outside an enum) as one line on
+  stderr naming the valid values and exit code 2, like every other bad input."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run(main) -> None:
   """app.run with user errors as one line on stderr: bad input exits 2, a failed run 1."""
   def wrapped(argv):
@@ -258,4 +268,4 @@ def run(main) -> None:
     except (CheckpointError, TrainingDiverged) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=parse_flags)

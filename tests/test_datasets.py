@@ -210,3 +210,19 @@ def test_cifar10_c_corrupted_on_mock_data(tmp_path):
                                                  [c for c in cells if c["loss"] == "ce"])]
     assert np.isclose(s["trades6-l2-eps2"]["vs_natural"]["diff_mean"], np.mean(diffs))
   assert (out / "corrupted.md").exists() and (out / "corrupted_ncg_vs_severity.png").exists()
+
+
+def test_bad_npz_files_are_one_line_exit_2(tmp_path):
+  """Files that are not npz archives, or hold object arrays, end in one line and exit 2."""
+  from conftest import run_module
+  np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1, int))
+  (tmp_path / "text.npz").write_text("hello")
+  np.save(tmp_path / "bare.npy", np.zeros(3))
+  os.rename(tmp_path / "bare.npy", tmp_path / "bare.npz")
+  for name, msg in (("obj", "holds object arrays, which need pickle"),
+                    ("text", "is not an npz archive"), ("bare", "holds one bare array")):
+    with pytest.raises(ConfigError, match=msg):
+      data.load(f"npz:{tmp_path / name}.npz")
+  p = run_module("experiments.ncg", f"--dataset=npz:{tmp_path / 'obj'}.npz", f"--workdir={tmp_path}")
+  err = [l for l in p.stderr.splitlines() if l.strip()]
+  assert p.returncode == 2 and len(err) == 1 and "object arrays" in err[0] and "Traceback" not in p.stderr

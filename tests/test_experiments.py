@@ -14,6 +14,8 @@ from conftest import run_module
     (["--model=resnet9000"], "valid: cnn002"),
     (["--dataset=npz:/no/such.npz"], "does not exist"),
     (["--losses=ce,hinge"], "unknown loss or run 'hinge'; losses: ce"),
+    (["--precision=float64"], "flag --precision=float64: value should be one of <float32|bfloat16>"),
+    (["--eps=2,x"], "--eps=2,x: expected comma-separated numbers"),
 ])
 def test_bad_input_exits_2_with_one_line(args, msg, data_dir, tmp_path):
   p = run_module("experiments.ncg", *args, f"--data_dir={data_dir}", f"--workdir={tmp_path}")

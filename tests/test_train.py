@@ -29,6 +29,13 @@ def test_resume_equals_uninterrupted_run(digits9, tmp_path):
   msgs = []
   resumed = train(model, split, CFG, str(tmp_path / "resumed"), log=msgs.append)
   assert any("resuming" in m for m in msgs)
+  assert any("img/s" in m and "left" in m for m in msgs)  # progress a person can follow
+  import json
+  lines = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in lines] == [1, 2] and lines[0]["lr"] == pytest.approx(CFG.lr)
+  assert lines[1]["lr"] == pytest.approx(CFG.lr * 0.1)  # the x0.1 milestone at epoch 1
+  assert all(r["images_per_s"] > 0 and np.isfinite(r["loss"]) for r in lines)
+  assert (tmp_path / "resumed" / "metrics.jsonl").read_text().count("\n") == 2
   for a, b in zip(leaves(full), leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   # training moved the parameters (the test above is not vacuous)

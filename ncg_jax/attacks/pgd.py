@@ -1,6 +1,6 @@
 """Projected gradient ascent in an L2 or Linf ball (Madry et al. 2018), and PGD on CE.
 
-`ascend` is the shared core: TRADES's inner maximisation (ncg_jax/train/losses.py) and
+`ascend` is the shared core: TRADES's inner maximisation (the `trades<beta>` loss) and
 `pgd` differ only in the objective and the starting point.
 """
 from typing import Callable

@@ -5,6 +5,7 @@ Every source reads `((train_x, train_y), (test_x, test_y), class_names)` with ui
 images and int labels 0..K-1.
 """
 import os
+import zipfile
 
 import numpy as np
 
@@ -105,16 +106,39 @@ class NpzSource(Source):
     self.path = path
     if not os.path.isfile(path):
       raise ConfigError(f"npz dataset {path} does not exist")
-    with np.load(path, allow_pickle=False) as f:
-      if "x" not in f or "y" not in f:
-        raise ConfigError(f"{path} must hold arrays 'x' and 'y' (has {', '.join(f.files)})")
-      labels = [f["y"]] + ([f["y_test"]] if "y_test" in f else [])
-      self.num_classes = int(max(int(l.max()) for l in labels if len(l)) + 1)
+    arrays = self._arrays()
+    if "x" not in arrays or "y" not in arrays:
+      raise ConfigError(f"{path} must hold arrays 'x' and 'y' (has {', '.join(arrays)})")
+    labels = [arrays["y"]] + ([arrays["y_test"]] if "y_test" in arrays else [])
+    if not all(np.issubdtype(l.dtype, np.integer) for l in labels):
+      raise ConfigError(f"{path}: 'y' and 'y_test' must be integer labels")
+    self.num_classes = int(max(int(l.max()) for l in labels if len(l)) + 1)
+
+  def _arrays(self) -> dict[str, np.ndarray]:
+    """Every array of the archive, or one ConfigError line: not an npz archive, or arrays
+    that need pickle (object dtype) and are refused."""
+    try:
+      f = np.load(self.path, allow_pickle=False)
+    except ValueError:  # numpy reads an unknown file as a pickle, and refuses it
+      raise ConfigError(f"{self.path} is not an npz archive (numpy would have to unpickle it, "
+                        "which is not done here)") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+      raise ConfigError(f"{self.path} is not a readable npz archive ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(f, np.ndarray):
+      raise ConfigError(f"{self.path} holds one bare array (.npy), not an npz archive of named "
+                        "arrays x, y")
+    try:
+      return {k: f[k] for k in f.files}
+    except ValueError:  # object arrays need pickle
+      raise ConfigError(f"{self.path} holds object arrays, which need pickle and are not "
+                        "loaded; save numeric arrays (uint8 images, integer labels)") from None
+    finally:
+      f.close()
 
   def read(self, data_dir: str | None):
     del data_dir
-    with np.load(self.path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
+    arrays = self._arrays()
     x, y = arrays["x"], arrays["y"]
     _check_images(x, y, self.path)
     x_test, y_test = arrays.get("x_test"), arrays.get("y_test")

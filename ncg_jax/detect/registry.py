@@ -15,12 +15,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ncg_jax.detect import distances, gradients, metrics, nac, scores
 from ncg_jax.batching import map_batches
 from ncg_jax.models import logits_and_features
 from ncg_jax.registry import Registry
-from ncg_jax.train import losses
 from ncg_jax.models.trained import Trained, to_input
 
 
@@ -131,7 +131,7 @@ def _ensemble_fit(m: Model):
   x = to_input(jnp.asarray(m.train_x[idx]))
   logits_fn = t.logits_fn()
   y = jnp.asarray(m.train_y[idx])
-  g = jax.grad(lambda xx: jnp.sum(losses.cross_entropy(logits_fn(xx), y)))(x)
+  g = jax.grad(lambda xx: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits_fn(xx), y)))(x)
   x_adv = jnp.clip(x + 0.05 * jnp.sign(g), 0.0, 1.0)
   s_id = np.asarray(distances.ensemble_layer_scores(fn, stats, x))
   s_adv = np.asarray(distances.ensemble_layer_scores(fn, stats, x_adv))

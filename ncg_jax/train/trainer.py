@@ -114,6 +114,15 @@ def _check_config(run_dir: str, cfg: TrainConfig, settings: dict, meta: dict) ->
       json.dump(record, f, indent=1)
 
 
+def _append_metrics(run_dir: str, record: dict) -> None:
+  """One JSON line per epoch in <run>/metrics.jsonl (process 0). A resumed run appends from
+  its checkpoint's epoch on, so the file may list an interrupted epoch twice; the last
+  line of an epoch is the one the checkpoint holds."""
+  if sharding.is_writer():
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
 def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
           attack: losses.AttackConfig | None = None, meta: dict | None = None,
           log: Callable[[str], None] = print) -> Trained:
@@ -145,6 +154,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
     log(f"  resuming {run_dir} from epoch {start}")
 
   step_fn = make_train_step(model, losses.make_loss(cfg.loss, attack), tx, cfg.augment)
+  lr_at = optim.schedule(cfg.lr, cfg.milestones, steps)
+  t_run = time.perf_counter()
   for epoch in range(start, cfg.epochs):
     t0 = time.perf_counter()
     epoch_key = jax.random.fold_in(root, epoch)
@@ -161,7 +172,14 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
           f"{cfg.loss} loss is not finite at epoch {epoch + 1}, step {bad + 1}; stopped. "
           f"The last good checkpoint (epoch {epoch}) is kept in {run_dir}.")
     checkpoint.save(mngr, epoch + 1, state)
-    log(f"  epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss.mean():.4f}  "
-        f"acc {acc.mean():.3f}  {time.perf_counter() - t0:.1f}s")
+    seconds = time.perf_counter() - t0
+    record = {"epoch": epoch + 1, "loss": float(loss.mean()), "accuracy": float(acc.mean()),
+              "lr": float(lr_at(epoch * steps)), "images_per_s": steps * cfg.batch_size / seconds,
+              "seconds": seconds}
+    _append_metrics(run_dir, record)
+    left = (time.perf_counter() - t_run) / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
+    log(f"  epoch {epoch + 1:3d}/{cfg.epochs}  loss {record['loss']:.4f}  "
+        f"acc {record['accuracy']:.3f}  lr {record['lr']:.2g}  "
+        f"{record['images_per_s']:,.0f} img/s  {seconds:.1f}s  ~{left:.0f}s left")
   mngr.wait_until_finished()
   return Trained(model, state["params"], state["model_state"], data.x.shape[1:])

@@ -201,11 +201,7 @@ def versions() -> dict:
 
 
 def write_json(path: str, obj) -> None:
-  if not sharding.is_writer():
-    return
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=1, allow_nan=True)
+  sharding.write_text(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
 def results_dir(cfg: ExperimentConfig) -> str:
@@ -231,10 +227,7 @@ def pixel_runs(cfg: ExperimentConfig) -> dict[str, dict]:
 
 
 def write_markdown(path: str, heading: str, md: str) -> None:
-  if not sharding.is_writer():
-    return
-  with open(path, "w") as f:
-    f.write(f"# {heading}\n\n{md}\n")
+  sharding.write_text(path, f"# {heading}\n\n{md}\n")
 
 
 def write_tables(out_dir: str, stem: str, results: dict, heading: str, md: str) -> None:

@@ -225,15 +225,14 @@ def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], robust_n: int = 1
                             "n": int(len(noise))},
       }
       curves[space][run_name] = summary["ncg_vs_distance"]
-      os.makedirs(out_dir, exist_ok=True)
-      if sharding.is_writer():
-        np.savez_compressed(
-            os.path.join(out_dir, f"ncg_{space}_{run_name}.npz"),
-            train_x=ds.train.x if space == "pixel" else sp.db, train_y=ds.train.y,
+      sharding.write_file(
+          os.path.join(out_dir, f"ncg_{space}_{run_name}.npz"),
+          lambda f: np.savez_compressed(
+            f, train_x=ds.train.x if space == "pixel" else sp.db, train_y=ds.train.y,
             ood_x=ds.ood.x if space == "pixel" else ood_q, ood_y_original=ds.ood.y,
             ood_pred=ood_pred, nn_index=ood_idx[:, 0], nn_dist=ood_dist[:, 0],
             test_pred=test_pred, test_nn_index=test_idx[:, 0],
-            feature_layer=np.array(sp.layer or "pixels"))
+            feature_layer=np.array(sp.layer or "pixels")))
   results["seconds"] = time.perf_counter() - t_start
   md = table(results)
   common.write_json(os.path.join(out_dir, "results.json"), results)

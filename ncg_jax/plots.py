@@ -7,8 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def _save(fig, path: str, dpi: int) -> None:
   from ncg_jax import sharding
-  if sharding.is_writer():  # only process 0 writes
-    fig.savefig(path, dpi=dpi)
+  sharding.write_file(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
   plt.close(fig)
 
 

@@ -101,10 +101,7 @@ def save_imported(trained: Trained, record: dict, directory: str) -> None:
   if old is not None and old.get("sha256") != record["sha256"]:
     raise ConfigError(f"{directory} already holds another run ({old.get('checkpoint') or old.get('loss')}); "
                       "pass another --name or delete that run")
-  if sharding.is_writer():
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-      json.dump(record, f, indent=1)
+  sharding.write_text(os.path.join(directory, "config.json"), json.dumps(record, indent=1))
   mngr = checkpoint.manager(os.path.join(directory, "checkpoints"))
   checkpoint.save(mngr, 1, {"params": trained.params, "model_state": trained.model_state})
   mngr.wait_until_finished()

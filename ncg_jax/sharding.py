@@ -9,6 +9,7 @@ Every process computes the same global batch plan (it depends only on seed and e
 the whole batch and a `device_put`.
 """
 import functools
+import os
 
 import jax
 import numpy as np
@@ -41,6 +42,27 @@ def count() -> int:
 def is_writer() -> bool:
   """Only process 0 writes result files."""
   return jax.process_index() == 0
+
+
+def write_file(path: str, write) -> None:
+  """The one gate for result files: on process 0 only, `write(f)` fills a temporary file
+  beside `path` (opened in binary mode), which then replaces `path` at once, so a run killed
+  mid-write never leaves a truncated file."""
+  if not is_writer():
+    return
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+  write_file(path, lambda f: f.write(text.encode()))
 
 
 def replicate(tree):

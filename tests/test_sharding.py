@@ -29,3 +29,18 @@ def test_training_attack_detector_and_neighbours_agree_across_device_counts(tmp_
   np.testing.assert_allclose(four["adv"], one["adv"], atol=2e-3)
   np.testing.assert_allclose(four["odin"], one["odin"], rtol=1e-4)
   np.testing.assert_array_equal(four["nn"], one["nn"])
+
+
+def test_result_files_are_written_whole_or_not_at_all(tmp_path):
+  from ncg_jax import sharding
+  path = str(tmp_path / "sub" / "results.json")
+  sharding.write_text(path, '{"a": 1}')
+  def crash(f):
+    f.write(b'{"a": ')  # killed mid-write
+    raise KeyboardInterrupt
+  try:
+    sharding.write_file(path, crash)
+  except KeyboardInterrupt:
+    pass
+  assert open(path).read() == '{"a": 1}'  # the old file, whole
+  assert os.listdir(tmp_path / "sub") == ["results.json"]  # no temporary left behind

@@ -108,10 +108,7 @@ def _check_config(run_dir: str, cfg: TrainConfig, settings: dict, meta: dict) ->
       raise ConfigError(
           f"{run_dir} holds a run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
           "use another --workdir or delete that run")
-  if sharding.is_writer():
-    os.makedirs(run_dir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(record, f, indent=1)
+  sharding.write_text(path, json.dumps(record, indent=1))
 
 
 def _append_metrics(run_dir: str, record: dict) -> None:

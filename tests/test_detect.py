@@ -247,3 +247,22 @@ def test_layer_ensemble_scores_are_per_layer_mahalanobis_of_mean_pooled_maps():
     np.testing.assert_allclose(ours[:, j], ref, rtol=2e-3, atol=2e-3)
   w = distances.fit_ensemble_weights(np.asarray(ours), np.asarray(ours) - 5.0)
   assert w["weights"].shape == (2,)
+
+
+def test_ash_keeps_exactly_k_activations_of_sparse_features():
+  """With fewer than k positive activations (sparse ReLU features) ASH-B still keeps exactly
+  k entries, as OpenOOD's scatter into the top-k indices: numpy's stable argsort is the
+  oracle (ties towards the lower index)."""
+  rng = np.random.default_rng(5)
+  h = np.maximum(rng.normal(size=(40, 20)) - 1.2, 0).astype(np.float32)  # mostly zeros
+  head = {"kernel": rng.normal(size=(20, 4)).astype(np.float32),
+          "bias": rng.normal(size=4).astype(np.float32)}
+  k = 20 - round(20 * 0.65)  # p = 65: keep 7
+  assert ((h > 0).sum(1) < k).any()
+  shaped = np.zeros_like(h)
+  for i, row in enumerate(h):
+    top = np.argsort(-row, kind="stable")[:k]
+    shaped[i, top] = row.sum() / k
+  assert np.all((shaped != 0).sum(1) == np.where(h.sum(1) > 0, k, 0))
+  ref = logsumexp(shaped @ head["kernel"] + head["bias"], axis=1)
+  np.testing.assert_allclose(detect.ash(detect.linear_head, head, h, 65), ref, rtol=1e-5)

@@ -43,16 +43,20 @@ def react(head_fn, head_params, features, threshold):
 
 def ash(head_fn, head_params, features, percentile: float = 90.0):
   """ASH-B (Djurisic et al., ICLR 2023) on the penultimate vector, as OpenOOD's `ash_b`:
-  keep the k = n - round(n p / 100) largest activations, set each kept one to sum(h) / k and
-  the rest to 0, then the energy of the head."""
+  keep exactly the k = n - round(n p / 100) largest activations (OpenOOD scatters into the
+  `topk` indices), set each kept one to sum(h) / k and the rest to 0, then the energy of the
+  head. Ties (the zeros of sparse ReLU features when fewer than k are positive) are broken
+  towards the lower index, as `lax.top_k` does; `torch.topk` leaves that order unspecified."""
   h = jnp.asarray(features)
   n = h.shape[-1]
   k = n - int(round(n * percentile / 100.0))
   if k < 1:
     raise ConfigError(f"ASH percentile {percentile} keeps no activation of {n}")
   s1 = jnp.sum(h, axis=-1, keepdims=True)
-  kth = jax.lax.top_k(h, k)[0][..., -1:]
-  shaped = jnp.where(h >= kth, s1 / k, 0.0)
+  flat = h.reshape(-1, n)
+  idx = jax.lax.top_k(flat, k)[1]
+  kept = jnp.zeros(flat.shape, bool).at[jnp.arange(flat.shape[0])[:, None], idx].set(True)
+  shaped = jnp.where(kept.reshape(h.shape), s1 / k, 0.0)
   return energy(head_fn(head_params, shaped))
 
 

@@ -151,3 +151,18 @@ def test_augment_is_a_padded_crop_or_its_mirror():
     flips += mirrored and not plain
   assert 0 < flips < 16
   np.testing.assert_array_equal(augment(x, jax.random.key(1)), out)  # a function of the key
+
+
+def test_outputs_and_embeddings_compile_once_per_architecture_and_shape():
+  """`logits_and_features` and `embed` reuse one compiled program for every model of an
+  architecture and every call of the same batch shape (the variables are arguments)."""
+  from ncg_jax.models import trained as tr
+  model = models.create("cnn002", 9)
+  x = np.zeros((40, 28, 28, 1), np.uint8)
+  for seed in (0, 1, 2):  # three models of one architecture
+    params, state = models.init(model, jax.random.key(seed), jnp.zeros((1, 28, 28, 1)))
+    t = models.Trained(model, params, state, (28, 28, 1))
+    models.logits_and_features(t, x, batch_size=16)  # 3 batches, the last one padded
+    models.embed(t, x, "conv_features", batch_size=16)
+  assert tr._outputs_fn(model)._cache_size() == 1
+  assert tr._layer_fn(model, "conv_features")._cache_size() == 1

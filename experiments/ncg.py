@@ -167,7 +167,7 @@ def assess(sp: Space, run: str, ds: data.Dataset, queries_test: np.ndarray,
     rob = robust_accuracy_over(trained, sp.inputs(ds.test.x, queries_test)[idx], ds.test.y[idx],
                                eps=attack.eps, norm=attack.norm, clip=attack.clip, seed=seed)
     out["robust"] = {**rob, "norm": attack.norm, "eps": attack.eps, "n": int(len(idx)),
-                     "attacks": "PGD-50 x 5 restarts, APGD-CE-100, APGD-DLR-100"}
+                     "attacks": "PGD-20 x 2 restarts, APGD-CE-100, APGD-DLR-100"}
     log(f"[{sp.name}/{run}] robust accuracy {rob['any']:.3f} at {attack.norm} eps "
         f"{attack.eps:g} on {len(idx)} test images ({time.perf_counter() - t0:.1f}s)")
     is_robust_run = spec is not None and spec.loss in losses.LOSSES and losses.is_robust(spec.loss)

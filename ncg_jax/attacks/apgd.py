@@ -171,7 +171,7 @@ def _apgd(logits_fn, x, y, key, eps, *, norm, loss, steps, restarts, clip):
 
 
 def robust_accuracy(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, *, eps, norm: str,
-                    pgd_steps: int = 50, pgd_restarts: int = 5, apgd_steps: int = 100,
+                    pgd_steps: int = 20, pgd_restarts: int = 2, apgd_steps: int = 100,
                     key: jax.Array | None = None,
                     clip: tuple[float, float] | None = (0.0, 1.0)) -> dict[str, jnp.ndarray]:
   """Per-example robustness [B] (True: still correctly classified) under each attack and

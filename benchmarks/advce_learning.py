@@ -1,6 +1,7 @@
 """Does PGD adversarial training (`advce`) leave chance as the NCG paper's code does?
 
-python -m benchmarks.advce_learning [--epochs 30] [--copies 1] [--init flax|torch] [--no_torch]
+python -m benchmarks.advce_learning [--epochs 30] [--copies 1] [--init flax,torch] [--no_torch]
+    [--project_first] [--dataset mnistwo9 --n 3584]
 
 Trains CNN002 with PGD-AT on digits without the 9s (1,294 images; `--copies 3` adds two copies
 shifted by one pixel, 3,882 images, MNIST-subset-sized) with the paper's recipe (SGD lr 0.01,
@@ -24,12 +25,12 @@ from ncg_jax.train import losses
 from ncg_jax.train.trainer import TrainConfig, train
 
 
-def dataset(copies: int):
-  ds = data.load("digitswo9")
-  xs, ys = [ds.train.x], [ds.train.y]
+def dataset(copies: int, name: str = "digitswo9", n: int | None = None):
+  ds = data.load(name)
+  xs, ys = [ds.train.x[:n]], [ds.train.y[:n]]
   for shift in [(1, 0), (0, 1), (-1, 0), (0, -1)][:copies - 1]:
-    xs.append(np.roll(ds.train.x, shift, axis=(1, 2)))
-    ys.append(ds.train.y)
+    xs.append(np.roll(ds.train.x[:n], shift, axis=(1, 2)))
+    ys.append(ds.train.y[:n])
   return data.Split(np.concatenate(xs), np.concatenate(ys)), ds.test
 
 
@@ -113,6 +114,9 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--epochs", type=int, default=30)
   ap.add_argument("--copies", type=int, default=1)
+  ap.add_argument("--dataset", default="digitswo9",
+                  help="any 9-class ncg_jax dataset, e.g. mnistwo9 once prepared")
+  ap.add_argument("--n", type=int, default=None, help="first n training images (e.g. 3584)")
   ap.add_argument("--init", default="flax,torch")
   ap.add_argument("--no_torch", action="store_true")
   ap.add_argument("--project_first", action="store_true",
@@ -122,7 +126,7 @@ def main():
   if args.project_first:
     _project_first()
   import tempfile
-  split, test = dataset(args.copies)
+  split, test = dataset(args.copies, args.dataset, args.n)
   chance = np.bincount(test.y).max() / len(test.y)
   print(f"advce on {len(split)} training images, {len(test.y)} test, chance {chance:.3f}")
   runs = {}

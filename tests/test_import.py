@@ -182,8 +182,8 @@ def test_experiments_use_imported_runs_by_name(data_dir, tmp_path):
                    f"--checkpoint={path}", f"--dataset={dataset}", f"--workdir={wd}",
                    "--name=lolip-cnn")
     assert p.returncode == 0, p.stderr[-2000:]
-  common = ["--model=cnn002", "--losses=lolip-cnn", "--feature_network=lolip-cnn", "--epochs=1",
-            f"--data_dir={data_dir}", f"--workdir={wd}"]
+  common = ["--model=cnn002", "--losses=lolip-cnn", "--feature_network=lolip-cnn",
+            "--feature_epochs=1", "--robust_n=0", f"--data_dir={data_dir}", f"--workdir={wd}"]
   p = run_module("experiments.ncg", "--dataset=digitswo9", *common)
   assert p.returncode == 0, p.stderr[-3000:]
   out = tmp_path / "wd" / "digitswo9" / "cnn002" / "seed0"
@@ -206,13 +206,13 @@ def test_experiments_use_imported_runs_by_name(data_dir, tmp_path):
                       data=ds.train, num_classes=9)
   assert trained.input_shape == (28, 28, 1)
 
-  p = run_module("experiments.corrupted", "--dataset=digits", "--corruptions=contrast", *common)
+  p = run_module("experiments.corrupted", "--dataset=digits", "--corruptions=contrast",
+                 "--space=pixel", *common)
   assert p.returncode == 0, p.stderr[-3000:]
   with open(tmp_path / "wd" / "digits" / "cnn002" / "seed0" / "corrupted.json") as f:
     cor = json.load(f)
   assert set(cor["summary"]["pixel"]) == {"lolip-cnn"} and cor["summary"]["pixel"]["lolip-cnn"]["cells"] == 5
 
-  p = run_module("experiments.ncg", "--dataset=digitswo9", *common[:-2], "--losses=lolip-cnn,nope",
-                 f"--data_dir={data_dir}", f"--workdir={wd}")
+  p = run_module("experiments.ncg", "--dataset=digitswo9", *common, "--losses=lolip-cnn,nope")
   assert p.returncode == 2 and "imported runs for digitswo9/cnn002/seed0" in p.stderr
   assert "lolip-cnn" in p.stderr.strip().splitlines()[-1]

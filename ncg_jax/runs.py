@@ -103,7 +103,8 @@ def save_imported(trained: Trained, record: dict, directory: str) -> None:
                       "pass another --name or delete that run")
   sharding.write_text(os.path.join(directory, "config.json"), json.dumps(record, indent=1))
   mngr = checkpoint.manager(os.path.join(directory, "checkpoints"))
-  checkpoint.save(mngr, 1, {"params": trained.params, "model_state": trained.model_state})
+  if mngr.latest_step() is None:  # the same file imported again: nothing to write
+    checkpoint.save(mngr, 1, {"params": trained.params, "model_state": trained.model_state})
   mngr.wait_until_finished()
 
 

@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage
 from sklearn.datasets import load_digits
 
-from ncg_jax import data
+from ncg_jax import batching, data
 from ncg_jax.data import digits
 from ncg_jax.registry import ConfigError
 
@@ -58,17 +58,17 @@ def test_bad_names(name, msg, data_dir):
 
 
 def test_train_batches_deterministic_and_epoch_dependent():
-  a = data.train_batches(100, 16, seed=3, epoch=2)
-  np.testing.assert_array_equal(a, data.train_batches(100, 16, seed=3, epoch=2))
+  a = batching.train_batches(100, 16, seed=3, epoch=2)
+  np.testing.assert_array_equal(a, batching.train_batches(100, 16, seed=3, epoch=2))
   assert a.shape == (6, 16) and len(np.unique(a)) == 96
-  assert not np.array_equal(a, data.train_batches(100, 16, seed=3, epoch=3))
+  assert not np.array_equal(a, batching.train_batches(100, 16, seed=3, epoch=3))
   with pytest.raises(ValueError):
-    data.train_batches(10, 16, 0, 0)
+    batching.train_batches(10, 16, 0, 0)
 
 
 def test_eval_batches_pad_and_cover_every_example_once():
   seen = []
-  for idx, mask in data.eval_batches(23, 8):
+  for idx, mask in batching.eval_batches(23, 8):
     assert idx.shape == (8,) and mask.shape == (8,)
     seen.extend(idx[mask])
   assert sorted(seen) == list(range(23))

@@ -216,3 +216,15 @@ def test_experiments_use_imported_runs_by_name(data_dir, tmp_path):
   p = run_module("experiments.ncg", "--dataset=digitswo9", *common, "--losses=lolip-cnn,nope")
   assert p.returncode == 2 and "imported runs for digitswo9/cnn002/seed0" in p.stderr
   assert "lolip-cnn" in p.stderr.strip().splitlines()[-1]
+
+
+def test_importing_again_is_idempotent_and_another_file_under_one_name_an_error(tmp_path):
+  args = ["--arch=cnn002", "--source=lolip", "--dataset=digitswo9", f"--workdir={tmp_path}",
+          "--name=mine"]
+  for seed in (0, 0, 1):
+    path = str(tmp_path / f"cnn{seed}.pth")
+    torch.save(tw.randomize(tw.CNN002(9), seed=seed).state_dict(), path)
+    p = run_module("ncg_jax.models.import_weights", f"--checkpoint={path}", *args)
+    if seed == 0:
+      assert p.returncode == 0, p.stderr[-2000:]
+  assert p.returncode == 2 and "already holds another run" in p.stderr

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from ncg_jax import data, models
+from ncg_jax import batching, data, models
 from ncg_jax.train import checkpoint
 from ncg_jax.train.trainer import TrainConfig, TrainingDiverged, make_train_step, train
 
@@ -59,7 +59,7 @@ def test_train_step_compiles_once(digits9):
   step = make_train_step(model, counting_loss, tx)
   s = {"params": params, "model_state": state, "opt": tx.init(params)}
   for epoch in range(2):
-    for i, idx in enumerate(data.train_batches(256, 32, 0, epoch)):
+    for i, idx in enumerate(batching.train_batches(256, 32, 0, epoch)):
       s, _ = step(s, digits9.train.x[idx], digits9.train.y[idx], jax.random.key(i))
   assert len(traces) == 1
 

@@ -19,7 +19,6 @@ import re
 
 import numpy as np
 
-from ncg_jax.batching import eval_batches, map_batches, train_batches  # noqa: F401 (re-export)
 from ncg_jax.registry import ConfigError, Registry
 
 BASES = Registry("dataset")

@@ -9,6 +9,7 @@ The last layer is a Dense named 'head' (detectors that need the linear head read
 trained or imported model is (`Trained`) and its outputs over a split live in `trained.py`;
 `import_weights` reads PyTorch and BiT checkpoints into a `Trained`.
 """
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -59,6 +60,19 @@ def create(name: str, num_classes: int, **fields) -> nn.Module:
   """Fields read back from JSON arrive as lists; modules need hashable tuples."""
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
   return MODELS.get(name, num_classes=num_classes, **fields)
+
+
+def fields_of(model, arch: str) -> dict:
+  """The architecture fields of `model` that differ from the registry's `arch` (what
+  `models.create` needs to build it again), JSON-ready."""
+  default = create(arch, model.num_classes)
+  out = {}
+  for f in dataclasses.fields(model):
+    value = getattr(model, f.name)
+    if f.name in ("parent", "name", "dtype") or value == getattr(default, f.name):
+      continue
+    out[f.name] = list(value) if isinstance(value, tuple) else value
+  return out
 
 
 def init(model: nn.Module, key: jax.Array, example_x: jnp.ndarray) -> tuple[Any, dict]:

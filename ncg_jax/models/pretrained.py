@@ -36,7 +36,7 @@ import hashlib
 import os
 import re
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -318,25 +318,12 @@ def import_weights(arch: str, path: str, *, source: str, num_classes: int | None
   return trained
 
 
-def fields_of(model, arch: str) -> dict:
-  """The architecture fields of `model` that differ from the registry's `arch` (what
-  `models.create` needs to build it again), JSON-ready."""
-  default = models.create(arch, model.num_classes)
-  out = {}
-  for f in dataclasses.fields(model):
-    value = getattr(model, f.name)
-    if f.name in ("parent", "name", "dtype") or value == getattr(default, f.name):
-      continue
-    out[f.name] = list(value) if isinstance(value, tuple) else value
-  return out
-
-
 def record(trained: Trained, arch: str, path: str, source: str) -> dict:
   """What config.json says of an imported run."""
   return {"imported": True, "source": source, "checkpoint": os.path.abspath(path),
           "sha256": sha256(path), "arch": arch, "space": "pixel", "loss": None,
           "num_classes": int(trained.model.num_classes),
-          "input_shape": list(trained.input_shape), "fields": fields_of(trained.model, arch)}
+          "input_shape": list(trained.input_shape), "fields": models.fields_of(trained.model, arch)}
 
 
 def define_flags() -> None:

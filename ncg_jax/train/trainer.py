@@ -124,11 +124,10 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
           attack: losses.AttackConfig | None = None, meta: dict | None = None,
           log: Callable[[str], None] = print) -> Trained:
   """`meta` (JSON-able) is recorded in the run's config.json beside the settings."""
-  from ncg_jax.models.pretrained import fields_of
   settings = {"model": type(model).__name__, "num_examples": len(data),
               "input_shape": list(data.x.shape[1:])}
   if meta and meta.get("arch"):
-    settings["fields"] = fields_of(model, meta["arch"])
+    settings["fields"] = models.fields_of(model, meta["arch"])
   if losses.is_robust(cfg.loss):
     settings["attack"] = dataclasses.asdict(attack or losses.AttackConfig())
   _check_config(run_dir, cfg, settings, meta or {})

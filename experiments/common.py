@@ -98,10 +98,6 @@ class ExperimentConfig:
   feature_layer: str | None = None  # None: the architecture's (models.feature_layer)
   feature_width: int = 256
 
-  @property
-  def losses(self) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(r.loss for r in self.runs))
-
 
 def _override(cfg: TrainConfig, **kw) -> TrainConfig:
   kw = {k: v for k, v in kw.items() if v is not None}

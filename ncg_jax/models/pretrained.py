@@ -99,6 +99,7 @@ class Layout:
   ignore: tuple[str, ...] = ()  # checkpoint key prefixes that are not model weights
   transforms: dict = dataclasses.field(default_factory=dict)  # flax path -> array transform
   stats_keys: tuple[str, str] | None = None  # checkpoint keys holding (mean, std)
+  class_fields: dict = dataclasses.field(default_factory=dict)  # class count -> fields
 
 
 def _chw_flatten_dense(c: int, h: int, w: int) -> Callable:
@@ -115,7 +116,8 @@ SOURCES: dict[str, dict[str, Layout]] = {
                             key_rules=[(r"\.mlp\.linear_1\.", ".mlp.0."), (r"\.mlp\.linear_2\.", ".mlp.3.")]),
     },
     "openood": {
-        r"resnet18": Layout(_resnet_rules("shortcut", "fc")),
+        r"resnet18": Layout(_resnet_rules("shortcut", "fc"), class_fields={
+            100: {"mean": CIFAR100_MEAN, "std": CIFAR100_STD}}),
         r"resnet18_224": Layout(_resnet_rules("downsample", "fc"), input_size=224),
     },
     "odin": {
@@ -297,12 +299,10 @@ def import_weights(arch: str, path: str, *, source: str, num_classes: int | None
     if classes is None:
       raise ConfigError(f"cannot read the class count from {path}; pass num_classes")
     num_classes = classes
-  fields = {**lay.fields, **(fields or {})}
+  fields = {**lay.fields, **lay.class_fields.get(num_classes, {}), **(fields or {})}
   if lay.stats_keys and all(k in ckpt for k in lay.stats_keys):
     fields["mean"], fields["std"] = (tuple(float(x) for x in ckpt[k].reshape(-1))
                                      for k in lay.stats_keys)
-  if source == "openood" and arch == "resnet18" and num_classes == 100:
-    fields.setdefault("mean", CIFAR100_MEAN), fields.setdefault("std", CIFAR100_STD)
   if mean is not None:
     fields["mean"], fields["std"] = tuple(mean), tuple(std)
   size = input_size or fields.get("image_size") or lay.input_size

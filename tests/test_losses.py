@@ -107,8 +107,8 @@ def test_trades_model_is_more_robust_than_ce_on_digits(digits9, tmp_path):
     correct = np.flatnonzero(logits.argmax(1) == split.y)[:48]
     assert len(correct) == 48
     x = split.x[correct].astype(np.float32) / 255.0
-    adv, ok = cw_l2(trained.logits_fn(), x, split.y[correct], binary_search_steps=6,
-                    max_iterations=300, initial_const=1.0)
+    adv, ok = cw_l2(trained.logits_fn(), x, split.y[correct], binary_search_steps=5,
+                    max_iterations=150, initial_const=1.0)
     assert ok.mean() > 0.9
     radii[loss] = float(np.linalg.norm((adv - x)[ok].reshape(ok.sum(), -1), axis=1).mean())
   print(radii)

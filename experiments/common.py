@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 
+import numpy as np
 from absl import app, flags, logging
 
 from ncg_jax import xla_cpu
@@ -194,6 +195,18 @@ def versions() -> dict:
           "optax": optax.__version__, "numpy": numpy.__version__,
           "python": platform.python_version(), "backend": jax.default_backend(),
           "devices": [str(d) for d in jax.devices()]}
+
+
+def robust_on_test(trained, x: np.ndarray, y: np.ndarray, attack: AttackConfig, robust_n: int,
+                   seed: int) -> dict:
+  """Robust accuracy (`attacks.robust_accuracy_over`) of a run on a seeded sample of at most
+  `robust_n` ID test inputs at `attack`'s norm and eps, with what was attacked recorded."""
+  from ncg_jax.attacks import robust_accuracy_over
+  idx = np.sort(np.random.default_rng([seed, 11]).permutation(len(y))[:robust_n])
+  rob = robust_accuracy_over(trained, x[idx], y[idx], eps=attack.eps, norm=attack.norm,
+                             clip=attack.clip, seed=seed)
+  return {**rob, "norm": attack.norm, "eps": attack.eps, "n": int(len(idx)),
+          "attacks": "PGD-20 x 2 restarts, APGD-CE-100, APGD-DLR-100"}
 
 
 def write_json(path: str, obj) -> None:

@@ -24,7 +24,6 @@ from absl import flags
 
 from experiments import common
 from ncg_jax import data, models, ncg, neighbors, plots, runs, sharding
-from ncg_jax.attacks import robust_accuracy_over
 from ncg_jax.models import Trained, logits_and_features
 from ncg_jax.registry import ConfigError
 from ncg_jax.train import losses
@@ -162,14 +161,11 @@ def assess(sp: Space, run: str, ds: data.Dataset, queries_test: np.ndarray,
     out["flags"].append("did not learn")
   attack = spec.attack if spec is not None and spec.attack is not None else default_attack
   if robust_n and attack is not None:
-    idx = np.sort(np.random.default_rng([seed, 11]).permutation(len(ds.test.y))[:robust_n])
     t0 = time.perf_counter()
-    rob = robust_accuracy_over(trained, sp.inputs(ds.test.x, queries_test)[idx], ds.test.y[idx],
-                               eps=attack.eps, norm=attack.norm, clip=attack.clip, seed=seed)
-    out["robust"] = {**rob, "norm": attack.norm, "eps": attack.eps, "n": int(len(idx)),
-                     "attacks": "PGD-20 x 2 restarts, APGD-CE-100, APGD-DLR-100"}
+    rob = out["robust"] = common.robust_on_test(trained, sp.inputs(ds.test.x, queries_test),
+                                                ds.test.y, attack, robust_n, seed)
     log(f"[{sp.name}/{run}] robust accuracy {rob['any']:.3f} at {attack.norm} eps "
-        f"{attack.eps:g} on {len(idx)} test images ({time.perf_counter() - t0:.1f}s)")
+        f"{attack.eps:g} on {rob['n']} test images ({time.perf_counter() - t0:.1f}s)")
     is_robust_run = spec is not None and spec.loss in losses.LOSSES and losses.is_robust(spec.loss)
     if is_robust_run and rob["any"] < ROBUST_FLOOR:
       out["flags"].append("not robust")

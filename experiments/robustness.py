@@ -13,8 +13,8 @@ whose neighbour was attacked successfully) lying closer to their neighbour than 
 over all OOD images. Also each run's clean and robust test accuracy (PGD with restarts,
 APGD-CE, APGD-DLR at its own norm and eps; natural runs at --eps). The CW budget is the
 paper's by default (9 binary-search steps x 10,000 iterations, abort test every 1,000);
-`--cw_max_iterations=1000 --cw_binary_search_steps=5` is the reduced budget of the README's
-measured run. Writes robustness.json, robustness.md and robustness_hist.png beside the NCG
+`--cw_binary_search_steps=5 --cw_max_iterations=500 --cw_initial_const=0.1` is the reduced
+budget of the README's measured run. Writes robustness.json, robustness.md and robustness_hist.png beside the NCG
 results.
 """
 import os
@@ -25,7 +25,7 @@ from absl import flags
 
 from experiments import common
 from ncg_jax import neighbors, plots, runs
-from ncg_jax.attacks import cw_l2, robust_accuracy_over
+from ncg_jax.attacks import cw_l2
 from ncg_jax.train.losses import AttackConfig
 from ncg_jax.models import logits_and_features
 from ncg_jax.registry import ConfigError
@@ -75,7 +75,6 @@ def cw_in_chunks(logits_fn, x, y, cw: dict, log=print, name: str = ""):
 
 def run(cfg: common.ExperimentConfig, cw: dict, n_samples: int, robust_n: int = 1000,
         log=print) -> dict:
-  default_attack = cfg.attack
   ds = common.load_heldout(cfg)
   found = common.pixel_runs(cfg)
   out_dir = common.results_dir(cfg)
@@ -113,11 +112,9 @@ def run(cfg: common.ExperimentConfig, cw: dict, n_samples: int, robust_n: int = 
     }
     attack = record.get("attack")
     if robust_n:
-      attack = AttackConfig(**{**attack, "clip": (0.0, 1.0)}) if attack else default_attack
-      idx = np.sort(np.random.default_rng([cfg.seed, 11]).permutation(len(ds.test.y))[:robust_n])
-      rob = robust_accuracy_over(trained, ds.test.x[idx], ds.test.y[idx], eps=attack.eps,
-                                 norm=attack.norm, seed=cfg.seed)
-      rows[name]["robust"] = {**rob, "norm": attack.norm, "eps": attack.eps, "n": int(len(idx))}
+      attack = AttackConfig(**{**attack, "clip": (0.0, 1.0)}) if attack else cfg.attack
+      rows[name]["robust"] = common.robust_on_test(trained, ds.test.x, ds.test.y, attack,
+                                                   robust_n, cfg.seed)
     hist[name] = {"radii": radius[sample[ok]].tolist(), "ood_dist": ood_dist.tolist()}
     log(f"[{name}] CW-L2 on {len(sample)} neighbours: mean radius {rows[name]['mean_radius']:.3f}, "
         f"{(~ok).sum()} failures ({rows[name]['seconds']:.0f}s)")

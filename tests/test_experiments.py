@@ -129,8 +129,7 @@ def test_a_run_that_did_not_learn_is_flagged_and_warned_about(digits9, capsys, m
   assert out["test_accuracy"] <= out["chance_accuracy"] + 1e-9
   assert out["robust"]["any"] == out["robust"]["clean"]
   assert "warning: pixel/advce-l2-eps2 did not learn" in capsys.readouterr().err
-  import experiments.ncg as ncg_exp
-  monkeypatch.setattr(ncg_exp, "robust_accuracy_over", lambda *a, **k: {"clean": 0.9, "any": 0.01})
+  monkeypatch.setattr(common, "robust_on_test", lambda *a, **k: {"clean": 0.9, "any": 0.01, "n": 60})
   out, _ = assess(sp, spec.name, digits9, None, attack, robust_n=60, seed=0, log=lambda s: None)
   assert out["flags"] == ["did not learn", "not robust"]
   assert "warning: pixel/advce-l2-eps2 not robust" in capsys.readouterr().err

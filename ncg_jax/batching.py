@@ -1,5 +1,6 @@
 """Batch index plans: deterministic shuffles for training, padded+masked batches for eval,
 and `map_batches`, which runs a jitted function over fixed-shape batches on all devices."""
+import concurrent.futures
 from typing import Callable, Iterator
 
 import jax
@@ -28,20 +29,28 @@ def eval_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarr
     yield np.where(mask, idx, 0), mask
 
 
-def map_batches(fn: Callable, *arrays: np.ndarray, batch_size: int = 512,
-                with_mask: bool = False):
+def map_batches(fn: Callable, *arrays, batch_size: int = 512, with_mask: bool = False):
   """Applies a jitted `fn` to fixed-size batches of `arrays` (rows aligned), split over the
   devices (each process feeds its rows), and returns its outputs (a pytree of arrays)
   concatenated over all rows, padding removed. With `with_mask`, `fn` also receives the
-  batch's validity mask as its last argument (padding rows are False)."""
+  batch's validity mask as its last argument (padding rows are False).
+
+  `arrays` may be anything indexable by an index array (`data.imagesets.LazyImages` decodes
+  on demand): the next batch is read on a background thread while the devices run this one."""
   n = len(arrays[0])
   bs = sharding.round_batch(min(batch_size, n))
   pos = sharding.local(np.arange(bs))  # this process's positions in every batch
-  outs, masks = [], []
-  for idx, mask in eval_batches(n, bs):
-    local = [a[idx[pos]] for a in arrays] + ([mask[pos]] if with_mask else [])
-    batch = sharding.shard(*local)
-    outs.append(fn(*batch) if isinstance(batch, tuple) else fn(batch))
-    masks.append(mask)
+  plan = list(eval_batches(n, bs))
+  read = lambda idx, mask: [a[idx[pos]] for a in arrays] + ([mask[pos]] if with_mask else [])
+  outs = []
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+    ahead = pool.submit(read, *plan[0])
+    for i in range(len(plan)):
+      local = ahead.result()
+      if i + 1 < len(plan):
+        ahead = pool.submit(read, *plan[i + 1])
+      batch = sharding.shard(*local)
+      outs.append(fn(*batch) if isinstance(batch, tuple) else fn(batch))
   outs = sharding.to_host(outs)
+  masks = [m for _, m in plan]
   return jax.tree.map(lambda *xs: np.concatenate([x[m] for x, m in zip(xs, masks)]), *outs)

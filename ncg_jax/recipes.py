@@ -21,7 +21,7 @@ MLP = dataclasses.replace(PAPER, optimizer="sgd", lr=0.01, momentum=0.9, batch_s
 # shorter schedule, so the default job stays within minutes on a laptop.
 DIGITS = dataclasses.replace(MNIST, epochs=30, milestones=(20, 25))
 
-PIXEL = {"digits": DIGITS, "mnist": MNIST, "cifar10": CIFAR, "cifar100coarse": CIFAR,
+PIXEL = {"digits": DIGITS, "mnist": MNIST, "cifar10": CIFAR, "cifar100": CIFAR, "cifar100coarse": CIFAR,
          "imgnet100": IMGNET100}
 # ImgNet100: the paper's LargeMLPv4 heads (3 x 1024) at lr 0.1 (`feature_space_ncg.ipynb`)
 FEATURE = {"digits": DIGITS, "mnist": dataclasses.replace(MLP, batch_size=256),

@@ -188,7 +188,8 @@ def test_nac_pooled_gradients_at_the_penultimate_layer_match_the_closed_form():
 
 
 def test_search_reads_only_validation_inputs_and_picks_the_best_auroc(digits9):
-  from ncg_jax.detect.registry import Inputs, Model, search, score
+  from ncg_jax.detect.aps import search
+  from ncg_jax.detect.registry import Inputs, Model, score
   rng = np.random.default_rng(0)
   model_ = models.create("cnn002", 9)
   params, _ = models.init(model_, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))

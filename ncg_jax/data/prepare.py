@@ -4,6 +4,7 @@
   python -m ncg_jax.data.prepare imgnet100 [--data_dir=DIR]     # needs imagenet2012's manual tars
   python -m ncg_jax.data.prepare cifar10-c [--corruptions=a,b]  # mnist-c, cifar10-c, imgnet100-c
   python -m ncg_jax.data.prepare cifar10-ood                    # experiments.detect's OOD sets
+  python -m ncg_jax.data.prepare tfds:svhn_cropped              # any TFDS dataset (--ood=NAME=svhn_cropped)
 
 TFDS's builders download (ImageNet: read <data_dir>/downloads/manual/) and encode with
 TensorFlow, so this needs `pip install '.[tf]'`; training and evaluation afterwards do not.
@@ -38,6 +39,9 @@ def _prepare_all(tfds_names: list[str], data_dir: str | None, log) -> None:
 
 
 def prepare(name: str, data_dir: str | None, only=None, log=print) -> None:
+  if name.startswith("tfds:"):  # any TFDS dataset, as `--ood` specs read it
+    _prepare_all([name[5:]], data_dir, log)
+    return
   if name.endswith("-ood"):  # the external OOD test sets of a base
     from ncg_jax.data import ood_sets
     sets = [tfds for group in ood_sets.OOD_SETS.get(name[:-4], {}).values()

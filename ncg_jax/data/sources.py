@@ -74,6 +74,7 @@ class Imgnet100Source(Source):
 
 BASES.register("mnist", lambda: TfdsSource("mnist", "mnist", 10))
 BASES.register("cifar10", lambda: TfdsSource("cifar10", "cifar10", 10))
+BASES.register("cifar100", lambda: TfdsSource("cifar100", "cifar100", 100))
 BASES.register("cifar100coarse",
                lambda: TfdsSource("cifar100coarse", "cifar100", 20, label_key="coarse_label"))
 
@@ -98,6 +99,28 @@ def _user_splits(x, y, x_test, y_test, names, what: str):
   return (x, y.astype(np.int32)), (x_test, y_test.astype(np.int32)), names
 
 
+def read_npz(path: str) -> dict[str, np.ndarray]:
+  """Every array of an npz archive, or one ConfigError line: not an npz archive, or arrays
+  that need pickle (object dtype) and are refused."""
+  try:
+    f = np.load(path, allow_pickle=False)
+  except ValueError:  # numpy reads an unknown file as a pickle, and refuses it
+    raise ConfigError(f"{path} is not an npz archive (numpy would have to unpickle it, "
+                      "which is not done here)") from None
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
+    raise ConfigError(f"{path} is not a readable npz archive ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  if isinstance(f, np.ndarray):
+    raise ConfigError(f"{path} holds one bare array (.npy), not an npz archive of named arrays")
+  try:
+    return {k: f[k] for k in f.files}
+  except ValueError:  # object arrays need pickle
+    raise ConfigError(f"{path} holds object arrays, which need pickle and are not "
+                      "loaded; save numeric arrays (uint8 images, integer labels)") from None
+  finally:
+    f.close()
+
+
 class NpzSource(Source):
   """`npz:PATH`: arrays `x` (uint8 NHWC) and `y` (int), optional `x_test`/`y_test` (else a
   seeded 80/20 split per class) and `class_names`. Loaded without pickle."""
@@ -115,26 +138,7 @@ class NpzSource(Source):
     self.num_classes = int(max(int(l.max()) for l in labels if len(l)) + 1)
 
   def _arrays(self) -> dict[str, np.ndarray]:
-    """Every array of the archive, or one ConfigError line: not an npz archive, or arrays
-    that need pickle (object dtype) and are refused."""
-    try:
-      f = np.load(self.path, allow_pickle=False)
-    except ValueError:  # numpy reads an unknown file as a pickle, and refuses it
-      raise ConfigError(f"{self.path} is not an npz archive (numpy would have to unpickle it, "
-                        "which is not done here)") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-      raise ConfigError(f"{self.path} is not a readable npz archive ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    if isinstance(f, np.ndarray):
-      raise ConfigError(f"{self.path} holds one bare array (.npy), not an npz archive of named "
-                        "arrays x, y")
-    try:
-      return {k: f[k] for k in f.files}
-    except ValueError:  # object arrays need pickle
-      raise ConfigError(f"{self.path} holds object arrays, which need pickle and are not "
-                        "loaded; save numeric arrays (uint8 images, integer labels)") from None
-    finally:
-      f.close()
+    return read_npz(self.path)
 
   def read(self, data_dir: str | None):
     del data_dir

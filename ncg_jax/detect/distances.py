@@ -8,6 +8,8 @@ h^T P h - 2 h^T P mu_c + mu_c^T P mu_c, O(B D^2 + B D C), never a [B, B] product
 KNN (Sun et al., ICML 2022): features L2-normalised; score = minus the L2 distance to the
 k-th nearest normalised training feature, searched with `ncg_jax.neighbors`.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +41,26 @@ def mahalanobis(stats, features):
   return -jnp.min(mahalanobis_distances(stats, features), axis=-1)
 
 
+def fit_rmds(features, labels, num_classes: int) -> dict:
+  """RMDS (Ren et al., 2021; OpenOOD's `rmds_postprocessor.py`): the class statistics of
+  `fit_mahalanobis` plus a background Gaussian: the mean of all training features and the
+  (maximum-likelihood) covariance around it."""
+  class_stats = fit_mahalanobis(features, labels, num_classes)
+  h = np.asarray(features, np.float64)
+  mean = h.mean(axis=0)
+  cov = (h - mean).T @ (h - mean) / len(h)
+  background = {"means": mean[None].astype(np.float32),
+                "precision": np.linalg.pinv(cov, hermitian=True).astype(np.float32)}
+  return {"class": class_stats, "background": background}
+
+
+def rmds(stats, features):
+  """max_c [d_0(h) - d_c(h)]: each class distance relative to the background one."""
+  d = mahalanobis_distances(stats["class"], features)
+  d0 = mahalanobis_distances(stats["background"], features)
+  return jnp.max(d0 - d, axis=-1)
+
+
 @jax.jit
 def _mahalanobis_preprocessed(features_fn, stats, x, epsilon):
   def closest(xx):
@@ -67,6 +89,81 @@ def fit_knn(train_features) -> np.ndarray:
 def knn(index, features, k: int = 50, backend: str = "auto"):
   dist, _ = neighbors.nearest(index, _normalize(features), k=k, backend=backend)
   return -dist[:, k - 1]
+
+
+@functools.partial(jax.jit, static_argnames=("k", "block"))
+def _top_k_inner(bank, queries, k: int, block: int):
+  """[Q, k] largest inner products of each query with the bank rows, in bank blocks
+  (memory O(Q block)); the running top k is merged block by block in a `lax.scan`."""
+  n = bank.shape[0]
+  pad = (-n) % block
+  blocks = jnp.pad(bank, ((0, pad), (0, 0))).reshape(-1, block, bank.shape[1])
+  valid = (jnp.arange(n + pad) < n).reshape(-1, block)
+
+  def step(best, xs):
+    b, v = xs
+    sims = jnp.where(v[None, :], queries @ b.T, -jnp.inf)
+    return jax.lax.top_k(jnp.concatenate([best, sims], axis=1), k)[0], None
+
+  init = jnp.full((queries.shape[0], k), -jnp.inf, queries.dtype)
+  return jax.lax.scan(step, init, (blocks, valid))[0]
+
+
+def fit_nnguide(train_features, train_logits, fraction: float = 0.01, k: int = 100,
+                seed: int = 0) -> np.ndarray:
+  """NNGuide (Park et al., ICCV 2023; OpenOOD's `nnguide_postprocessor.py`): a bank of a
+  `fraction` of the training examples (at least k; OpenOOD takes the first batches of its
+  shuffled loader, this a seeded sample), each normalised feature times its energy."""
+  h = np.asarray(train_features, np.float32)
+  n = max(k, int(round(fraction * len(h))))
+  idx = np.sort(np.random.default_rng(seed).permutation(len(h))[:n])
+  energy = np.asarray(jax.scipy.special.logsumexp(jnp.asarray(train_logits)[idx], axis=-1))
+  return _normalize_openood(h[idx]) * energy[:, None]
+
+
+def nnguide(bank, logits, features, k: int = 100):
+  """Energy times the mean of the k largest inner products of the normalised feature
+  with the bank."""
+  q = jnp.asarray(_normalize_openood(features))
+  top = _top_k_inner(jnp.asarray(bank), q, min(k, len(bank)), min(4096, len(bank)))
+  return jnp.mean(top, axis=-1) * jax.scipy.special.logsumexp(jnp.asarray(logits), axis=-1)
+
+
+def _normalize_openood(h) -> np.ndarray:
+  """OpenOOD's `x / ||x|| + 1e-10` (the constant is added after the division)."""
+  h = np.asarray(h, np.float32)
+  return h / np.linalg.norm(h, axis=-1, keepdims=True) + 1e-10
+
+
+@functools.partial(jax.jit, static_argnames=("power", "block"))
+def _relation(bank_h, bank_p, h, p, power: int, block: int):
+  n = bank_h.shape[0]
+  pad = (-n) % block
+  bh = jnp.pad(bank_h, ((0, pad), (0, 0))).reshape(-1, block, bank_h.shape[1])
+  bp = jnp.pad(bank_p, ((0, pad), (0, 0))).reshape(-1, block, bank_p.shape[1])
+
+  def step(total, xs):
+    b_h, b_p = xs  # padded rows are zero vectors: similarity 0, masked by the threshold
+    r = jnp.maximum(h @ b_h.T, 0.0) * (p @ b_p.T)
+    return total + jnp.sum(jnp.where(r > 0.03, r ** power, 0.0), axis=1), None
+
+  return jax.lax.scan(step, jnp.zeros(h.shape[0], h.dtype), (bh, bp))[0]
+
+
+def fit_relation(train_features, train_logits) -> dict:
+  """Relation (Kim et al., NeurIPS 2023; OpenOOD's `relation_postprocessor.py`): the bank
+  of every training example's normalised feature and softmax."""
+  return {"h": _normalize(train_features),
+          "p": np.asarray(jax.nn.softmax(jnp.asarray(train_logits), axis=-1))}
+
+
+def relation(bank, logits, features, power: int = 8):
+  """sum_t r_t^power over training examples t with r_t = max(0, <h, h_t>) <p, p_t> > 0.03
+  (h normalised, p the softmax; r_t >= 0, so OpenOOD's sign(r) |r|^power is r^power)."""
+  p = jax.nn.softmax(jnp.asarray(logits), axis=-1)
+  h = jnp.asarray(_normalize(features))
+  return _relation(jnp.asarray(bank["h"]), jnp.asarray(bank["p"]), h, p, int(power),
+                   min(4096, len(bank["h"])))
 
 
 def layer_features(model, variables, x, layers: tuple[str, ...]):

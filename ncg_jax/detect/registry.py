@@ -1,15 +1,16 @@
-"""Detectors by name, each with its fit step and hyperparameter grid, and OpenOOD's
-automatic parameter search (APS): every grid point is scored on ID-validation and
-OOD-validation inputs, the highest AUROC wins (first wins ties), and only then are the test
-sets scored, once. The test sets never reach `search`.
+"""Detectors by name, each with its fit step, hyperparameter grid and what it needs.
 
-A detector sees a `Model` (the trained network and its training split) and `Inputs` (one
-split whose logits, features and NAC states are computed on first use and cached, so each
-is computed once whatever the number of detectors and grid points).
+A detector sees a `Model` (the network, its training split, and the ID-validation inputs
+where the caller has them) and `Inputs` (one set of images whose logits, features and NAC
+states are computed on first use, in one pass, and cached: each is computed once whatever
+the number of detectors and grid points). The hyperparameter search is `ncg_jax.detect.aps`.
+
+Fitting reads a bounded, class-balanced, seeded subset of the training split (`fit_max`
+images; all of CIFAR, 50 per class of ImageNet-1k): OpenOOD fits on the whole training
+split, which for ImageNet means 1.28M forward passes; KNN's authors used a 1% sample there.
 """
 import dataclasses
 import functools
-import itertools
 from typing import Any, Callable
 
 import jax
@@ -17,46 +18,109 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ncg_jax.detect import distances, gradients, metrics, nac, scores
 from ncg_jax.batching import map_batches
-from ncg_jax.models import logits_and_features
-from ncg_jax.registry import Registry
-from ncg_jax.models.trained import Trained, to_input
+from ncg_jax.data.imagesets import take
+from ncg_jax.detect import distances, gradients, metrics, nac, scores
+from ncg_jax.models.trained import Trained, logits_and_features, to_input
+from ncg_jax.registry import ConfigError, Registry
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class FunctionNetwork:
+  """Any network as functions of float inputs: `logits_fn(x) -> [B, C]`,
+  `features_fn(x) -> [B, D]`, and optionally the linear head ({"kernel": [D, C], "bias": [C]})
+  that maps features to logits (detectors that reshape features need it)."""
+  logits_fn: Callable
+  features_fn: Callable
+  head: dict | None = None
+
+  @functools.cached_property
+  def _both(self):
+    return jax.jit(lambda x: (self.logits_fn(x), self.features_fn(x)))
+
+  def outputs(self, x, batch_size: int = 512):
+    return map_batches(lambda xb: self._both(to_input(xb)), x, batch_size=batch_size)
+
+
+@dataclasses.dataclass(eq=False)
 class Model:
-  trained: Trained
-  train_x: np.ndarray          # uint8 images (or features) of the training split
+  network: Trained | FunctionNetwork
+  train_x: Any                 # uint8 images (array or LazyImages) or features
   train_y: np.ndarray
   num_classes: int
   input_std: float = 1.0       # ODIN's per-channel std (models here take raw [0, 1] input)
   nac_subset: int = 1000
+  fit_max: int = 50000
   seed: int = 0
+  arch: str = ""               # the `models` name (picks NAC's layers and grid)
+  benchmark: str | None = None
+  id_val: "Inputs | None" = None  # ReAct's threshold, KLM, TempScale; else the training subset
+
+  @property
+  def trained(self) -> Trained | None:
+    return self.network if isinstance(self.network, Trained) else None
 
   @functools.cached_property
-  def head(self) -> dict:
-    return self.trained.params["head"]
+  def fit_index(self) -> np.ndarray:
+    n = len(self.train_y)
+    if n <= self.fit_max:
+      return np.arange(n)
+    return nac.balanced_subset(self.train_y, self.fit_max, self.num_classes, seed=self.seed)
 
   @functools.cached_property
   def train(self) -> "Inputs":
-    return Inputs(self, self.train_x)
+    idx = self.fit_index
+    return Inputs(self, take(self.train_x, idx), self.train_y[idx])
+
+  @property
+  def val(self) -> "Inputs":
+    """ID-validation inputs where given, else the training subset."""
+    return self.id_val if self.id_val is not None else self.train
 
   @functools.cached_property
+  def head(self) -> dict | None:
+    if self.trained is not None:
+      return self.trained.params.get("head")
+    return self.network.head
+
+  @functools.cached_property
+  def nac_setup(self) -> nac.Setup:
+    x = to_input(jnp.zeros((1, *self.train_x.shape[1:]), jnp.uint8))
+    available = nac.perturbed_layers(self.trained.model, x)
+    return nac.setup(self.arch, self.benchmark, self.train_x.shape[1], available)
+
+  @property
   def nac_layers(self) -> tuple[str, ...]:
-    x = to_input(jnp.asarray(self.train_x[:1]))
-    shapes = jax.eval_shape(lambda: self.trained.model.init(jax.random.key(0), x))
-    return tuple(sorted(shapes.get("perturbations", {})))
+    return tuple(self.nac_setup.layers.values())
+
+  def outputs(self, x):
+    if self.trained is not None:
+      return logits_and_features(self.trained, x)
+    return self.network.outputs(x)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Inputs:
   model: Model
-  x: np.ndarray  # uint8 images or float features, as the model takes them
+  x: Any                       # uint8 images (array or LazyImages) or float features
+  labels: np.ndarray | None = None
+  with_nac: bool = False       # compute NAC's pooled states in the same pass as the outputs
+
+  def __len__(self) -> int:
+    return len(self.x)
 
   @functools.cached_property
   def _outputs(self):
-    return logits_and_features(self.model.trained, self.x)
+    if self.with_nac and self.model.trained is not None:
+      pooled, logits, feats = self._nac_pass()
+      self.__dict__["nac_pooled"] = pooled
+      return logits, feats
+    return self.model.outputs(self.x)
+
+  def _nac_pass(self):
+    t = self.model.trained
+    fn = lambda xb: nac.pooled_outputs(t.model, t.variables(), to_input(xb), self.model.nac_layers)
+    return map_batches(fn, self.x, batch_size=256)
 
   @property
   def logits(self) -> np.ndarray:
@@ -68,10 +132,7 @@ class Inputs:
 
   @functools.cached_property
   def nac_pooled(self) -> dict:
-    t = self.model.trained
-    layers = self.model.nac_layers
-    fn = lambda xb: nac.pooled_states(t.model, t.variables(), to_input(xb), layers)
-    return map_batches(fn, self.x, batch_size=256)
+    return self._nac_pass()[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +141,23 @@ class Detector:
   score: Callable[[Any, Inputs, dict], np.ndarray]  # (fitted state, inputs, hyperparams)
   fit: Callable[[Model], Any] = lambda model: None
   grid: Callable[[Model], dict] = lambda model: {}   # name -> candidate values (first = default)
+  needs: tuple[str, ...] = ()  # "head": a linear head; "module": a Linen model (Trained)
+  aps: bool = True             # False: OpenOOD runs it without a search; so does ncg_jax
+
+  def unavailable(self, model: Model) -> str | None:
+    """Why this detector cannot score `model`, or None."""
+    if "head" in self.needs and model.head is None:
+      return "needs the network's linear head (pass head= to FunctionNetwork)"
+    if "module" in self.needs and model.trained is None:
+      return "needs a Linen model (a Trained), not plain functions"
+    return None
 
 
 DETECTORS = Registry("detector")
 
 
-def _register(name: str, score, fit=None, grid=None):
-  det = Detector(name, score, fit or (lambda m: None), grid or (lambda m: {}))
+def _register(name: str, score, fit=None, grid=None, needs=(), aps=True):
+  det = Detector(name, score, fit or (lambda m: None), grid or (lambda m: {}), tuple(needs), aps)
   DETECTORS.register(name, lambda: det)
 
 
@@ -94,13 +165,33 @@ def _f32(a):
   return np.asarray(a, np.float32)
 
 
-_register("msp", lambda st, s, hp: _f32(scores.msp(s.logits)))
-_register("max_logit", lambda st, s, hp: _f32(scores.max_logit(s.logits)))
-_register("energy", lambda st, s, hp: _f32(scores.energy(s.logits)))
+# ---- logits only ----
+_register("msp", lambda st, s, hp: _f32(scores.msp(s.logits)), aps=False)
+_register("max_logit", lambda st, s, hp: _f32(scores.max_logit(s.logits)), aps=False)
+_register("energy", lambda st, s, hp: _f32(scores.energy(s.logits)), aps=False)
+_register("entropy", lambda st, s, hp: _f32(scores.entropy(s.logits)), aps=False)
 
 
+def _labels(inputs: Inputs) -> tuple[np.ndarray, np.ndarray]:
+  """(logits, labels) of labelled inputs; unlabelled ones are labelled by the model."""
+  y = inputs.labels if inputs.labels is not None and np.all(inputs.labels >= 0) \
+      else inputs.logits.argmax(1)
+  return inputs.logits, y
+
+
+_register("temp_scale", lambda st, s, hp: _f32(scores.temp_scale(s.logits, st)),
+          fit=lambda m: scores.fit_temperature(*_labels(m.val)), aps=False)
+_register("gen", lambda st, s, hp: _f32(scores.gen(s.logits, hp["gamma"], hp["M"])),
+          grid=lambda m: {"gamma": [0.1, 0.01, 0.5, 1.0, 2.0, 5.0, 10.0],  # M capped at C
+                          "M": list(dict.fromkeys(min(v, m.num_classes)
+                                                  for v in (100, 10, 50, 200, 500, 1000)))})
+_register("klm", lambda st, s, hp: _f32(scores.klm(st, s.logits)),
+          fit=lambda m: scores.fit_klm(m.val.logits), aps=False)
+
+
+# ---- gradients through the network ----
 def _odin(model: Model, s: Inputs, hp: dict):
-  fn = model.trained.logits_fn()
+  fn = model.network.logits_fn() if model.trained is not None else model.network.logits_fn
   return map_batches(lambda xb: gradients.odin(fn, to_input(xb), temperature=hp["temperature"],
                                                epsilon=hp["epsilon"], input_std=model.input_std),
                      s.x, batch_size=256)
@@ -110,36 +201,65 @@ _register("odin", lambda st, s, hp: _odin(st, s, hp), fit=lambda m: m,
           grid=lambda m: {"temperature": [1000.0, 1.0, 10.0, 100.0], "epsilon": [0.0014, 0.0028]})
 _register("gradnorm", lambda st, s, hp: _f32(gradients.gradnorm_linear(st.head, s.features,
                                                                        include_bias=False)),
-          fit=lambda m: m)
-_register("mahalanobis",
-          lambda st, s, hp: _f32(distances.mahalanobis(st, s.features)),
-          fit=lambda m: distances.fit_mahalanobis(m.train.features, m.train_y, m.num_classes))
+          fit=lambda m: m, needs=("head",), aps=False)
+
+
+# ---- feature statistics ----
+_register("mahalanobis", lambda st, s, hp: _f32(distances.mahalanobis(st, s.features)),
+          fit=lambda m: distances.fit_mahalanobis(m.train.features, m.train.labels, m.num_classes),
+          aps=False)
+_register("rmds", lambda st, s, hp: _f32(distances.rmds(st, s.features)),
+          fit=lambda m: distances.fit_rmds(m.train.features, m.train.labels, m.num_classes),
+          aps=False)
+
+ENSEMBLE_EPSILONS = (0.0, 0.01, 0.005, 0.002, 0.0014, 0.001, 0.0005)
 
 
 def _ensemble_fit(m: Model):
-  """Lee et al.'s layer ensemble: per-layer class statistics on the training split; the
-  layer weights from logistic regression on a training subset vs its FGSM-perturbed copies
-  (x + 0.05 sign(grad CE), clipped), as the GradNorm repository's tuning script; no
-  validation or test OOD data is used."""
+  """Lee et al.'s layer ensemble as the GradNorm repository tunes it
+  (`tune_mahalanobis_hyperparameter.py`): class statistics per layer (spatial means of each
+  perturbed map) on the training subset; 1,000 ID images (the ID-validation set where there
+  is one, else the training subset) split 500 / 500, each with an FGSM copy
+  clip(x + 0.05 sign(grad CE), 0, 1) as the "OOD" class; for every input-preprocessing
+  magnitude a logistic regression is fitted on the first 500 pairs and its FPR95 measured on
+  the other 500; the magnitude with the lowest FPR95 keeps its regression. No OOD data is
+  used. (The repository clamps to [0, 1] inputs normalised to [-1, 1]; inputs here are [0, 1]
+  pixels with the normalisation inside the model, so the clamp is the pixel box.)"""
   t = m.trained
-  layers = m.nac_layers
-  fn = _layer_fn(t, layers)
-  train_feats = map_batches(lambda xb: fn(to_input(xb)), m.train_x, batch_size=256)
-  stats = {name: distances.fit_mahalanobis(train_feats[name], m.train_y, m.num_classes)
-           for name in layers}
-  idx = nac.balanced_subset(m.train_y, min(500, len(m.train_y)), m.num_classes, seed=2)
-  x = to_input(jnp.asarray(m.train_x[idx]))
+  x0 = to_input(jnp.zeros((1, *m.train_x.shape[1:]), jnp.uint8))
+  layers = tuple(n for n in nac.perturbed_layers(t.model, x0) if n != "features")
+  fn = jax.tree_util.Partial(_layer_features_of(t.model, layers), t.variables())
+  train_feats = map_batches(lambda xb: fn(to_input(xb)), m.train.x, batch_size=256)
+  stats = {n: distances.fit_mahalanobis(train_feats[n], m.train.labels, m.num_classes)
+           for n in layers}
+  pool = m.val
+  idx = np.sort(np.random.default_rng([m.seed, 3]).permutation(len(pool))[:1000])
+  x = take(pool.x, idx)
+  x = np.asarray(x[np.arange(len(x))]) if not isinstance(x, np.ndarray) else x
+  _, y = _labels(pool)
+  y = jnp.asarray(y[idx])
   logits_fn = t.logits_fn()
-  y = jnp.asarray(m.train_y[idx])
-  g = jax.grad(lambda xx: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits_fn(xx), y)))(x)
-  x_adv = jnp.clip(x + 0.05 * jnp.sign(g), 0.0, 1.0)
-  s_id = np.asarray(distances.ensemble_layer_scores(fn, stats, x))
-  s_adv = np.asarray(distances.ensemble_layer_scores(fn, stats, x_adv))
-  return fn, stats, distances.fit_ensemble_weights(s_id, s_adv)
 
+  @jax.jit
+  def fgsm(xb, yb):
+    xb = to_input(xb)
+    g = jax.grad(lambda xx: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
+        logits_fn(xx), yb)))(xb)
+    return jnp.clip(xb + 0.05 * jnp.sign(g), 0.0, 1.0)
 
-def _layer_fn(t: Trained, layers):
-  return jax.tree_util.Partial(_layer_features_of(t.model, layers), t.variables())
+  x_adv = map_batches(fgsm, x, np.asarray(y), batch_size=256)
+  half = len(idx) // 2
+  best = None
+  for eps in ENSEMBLE_EPSILONS:
+    per = lambda a: map_batches(lambda xb: distances.ensemble_layer_scores(
+        fn, stats, to_input(xb), epsilon=eps), a, batch_size=256)
+    s_in, s_adv = np.asarray(per(x)), np.asarray(per(x_adv))
+    w = distances.fit_ensemble_weights(s_in[:half], s_adv[:half])
+    fpr = metrics.evaluate(distances.mahalanobis_ensemble(w, s_in[half:]),
+                           distances.mahalanobis_ensemble(w, s_adv[half:]))["fpr95"]
+    if best is None or fpr < best[0]:
+      best = (fpr, eps, w)
+  return fn, stats, best[1], best[2]
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,27 +268,27 @@ def _layer_features_of(model, layers):
 
 
 def _ensemble(st, s, hp):
-  fn, stats, weights = st
+  fn, stats, eps, weights = st
   per_layer = map_batches(lambda xb: distances.ensemble_layer_scores(
-      fn, stats, to_input(xb), epsilon=hp["epsilon"]), s.x, batch_size=256)
+      fn, stats, to_input(xb), epsilon=eps), s.x, batch_size=256)
   return _f32(distances.mahalanobis_ensemble(weights, per_layer))
 
 
-_register("mahalanobis_ensemble", _ensemble, fit=_ensemble_fit,
-          grid=lambda m: {"epsilon": [0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01]})
+_register("mahalanobis_ensemble", _ensemble, fit=_ensemble_fit, needs=("module",), aps=False)
 
 
 def _react(st, s, hp):
-  model, train_features = st
-  thr = scores.react_threshold(train_features, hp["percentile"])
+  model, val_features = st
+  thr = scores.react_threshold(val_features, hp["percentile"])
   return _f32(scores.react(scores.linear_head, model.head, s.features, thr))
 
 
-_register("react", _react, fit=lambda m: (m, m.train.features),
+# OpenOOD: the percentile of the ID-validation activations (the paper: training activations)
+_register("react", _react, fit=lambda m: (m, m.val.features), needs=("head",),
           grid=lambda m: {"percentile": [90, 85, 95, 99]})
 _register("knn", lambda st, s, hp: _f32(distances.knn(st, s.features, k=hp["k"])),
           fit=lambda m: distances.fit_knn(m.train.features),
-          grid=lambda m: {"k": [k for k in (50, 100, 200, 500, 1000) if k <= len(m.train_y)]})
+          grid=lambda m: {"k": [k for k in (50, 100, 200, 500, 1000) if k <= len(m.train)]})
 
 
 def _vim_dims(m: Model) -> list[int]:
@@ -176,60 +296,75 @@ def _vim_dims(m: Model) -> list[int]:
   return [k for k in (256, 1000) if k < d] or [d // 2]  # OpenOOD's grid, guarded by D
 
 
-def _vim(st, s, hp):
-  model, cache = st
-  if hp["dim"] not in cache:
-    cache[hp["dim"]] = scores.fit_vim(model.train.features, model.head, hp["dim"])
-  return _f32(scores.vim(cache[hp["dim"]], scores.linear_head, model.head, s.features))
+class _PerValue:
+  """A fitted state per hyperparameter value, fitted on first use."""
+
+  def __init__(self, model: Model, fit: Callable):
+    self.model, self._fit, self._cache = model, fit, {}
+
+  def __getitem__(self, value):
+    if value not in self._cache:
+      self._cache[value] = self._fit(self.model, value)
+    return self._cache[value]
 
 
-_register("vim", _vim, fit=lambda m: (m, {}), grid=lambda m: {"dim": _vim_dims(m)})
-_register("ash", lambda st, s, hp: _f32(scores.ash(scores.linear_head, st.head, s.features,
-                                                   hp["percentile"])),
-          fit=lambda m: m, grid=lambda m: {"percentile": [90, 65, 70, 75, 80, 85, 95]})
+_register("vim", lambda st, s, hp: _f32(scores.vim(st[hp["dim"]], scores.linear_head,
+                                                   st.model.head, s.features)),
+          fit=lambda m: _PerValue(m, lambda mm, d: scores.fit_vim(mm.train.features, mm.head, d)),
+          grid=lambda m: {"dim": _vim_dims(m)}, needs=("head",))
+
+_ASH_GRID = [90, 65, 70, 75, 80, 85, 95]
+for _variant, _name in (("b", "ash"), ("p", "ash_p"), ("s", "ash_s")):
+  _register(_name, functools.partial(
+      lambda v, st, s, hp: _f32(scores.ash(scores.linear_head, st.head, s.features,
+                                           hp["percentile"], v)), _variant),
+            fit=lambda m: m, grid=lambda m: {"percentile": _ASH_GRID}, needs=("head",))
+_register("scale", lambda st, s, hp: _f32(scores.scale(scores.linear_head, st.head, s.features,
+                                                       hp["percentile"])),
+          fit=lambda m: m, grid=lambda m: {"percentile": [85, 65, 70, 75, 80, 90, 95]},
+          needs=("head",))
+_register("dice", lambda st, s, hp: _f32(scores.dice(st[0].head, st[1][hp["percentile"]],
+                                                     s.features)),
+          fit=lambda m: (m, _PerValue(m, lambda mm, p: scores.dice_mask(mm.train.features, mm.head, p))),
+          grid=lambda m: {"percentile": [90]}, needs=("head",), aps=False)
+_register("she", lambda st, s, hp: _f32(scores.she(st, s.logits, s.features)),
+          fit=lambda m: scores.fit_she(m.train.features, m.train.logits, m.train.labels,
+                                       m.num_classes), aps=False)
 
 
+def _fdbd_fit(m: Model):
+  return m.head, scores.fdbd_denominators(m.head), m.train.features.mean(0)
+
+
+_register("fdbd", lambda st, s, hp: _f32(scores.fdbd(st[0], st[1], s.features,
+                                                     st[2] if hp["distance"] else None)),
+          fit=_fdbd_fit, grid=lambda m: {"distance": [True, False]}, needs=("head",))
+_register("nnguide", lambda st, s, hp: _f32(distances.nnguide(st, s.logits, s.features, hp["k"])),
+          fit=lambda m: distances.fit_nnguide(m.train.features, m.train.logits, seed=m.seed),
+          grid=lambda m: {"k": [k for k in (100, 1000) if k <= max(100, len(m.train) // 100)]})
+_register("relation", lambda st, s, hp: _f32(distances.relation(st, s.logits, s.features,
+                                                                hp["power"])),
+          fit=lambda m: distances.fit_relation(m.train.features, m.train.logits),
+          grid=lambda m: {"power": [8, 1, 2, 4, 6]})
+
+
+# ---- NAC-UE ----
 def _nac_fit(m: Model):
-  idx = nac.balanced_subset(m.train_y, m.nac_subset, m.num_classes, seed=1)
-  return m, Inputs(m, m.train_x[idx]).nac_pooled
+  y = m.train_y
+  idx = nac.balanced_subset(y, m.nac_subset, m.num_classes, seed=1)
+  return nac.Fitted(m.nac_setup, Inputs(m, take(m.train_x, idx)).nac_pooled)
 
 
-def _nac_grid(m: Model) -> dict:
-  grid = {"O": [50, 5], "M": [50]}
-  for layer in m.nac_layers:
-    grid[f"alpha_{layer}"] = [1.0, 0.01, 100.0]
-  return grid
-
-
-def _nac(st, s, hp):
-  model, fit_pooled = st
-  params = {layer: {"alpha": hp[f"alpha_{layer}"], "M": hp["M"], "O": hp["O"]}
-            for layer in model.nac_layers}
-  return _f32(nac.score(nac.fit(fit_pooled, params), s.nac_pooled))
-
-
-_register("nac", _nac, fit=_nac_fit, grid=_nac_grid)
-
-
-def grid_points(grid: dict) -> list[dict]:
-  keys = list(grid)
-  return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-
-
-def search(name: str, model: Model, val_id: Inputs, val_ood: Inputs):
-  """APS: returns (fitted state, best hyperparameters, [(hyperparameters, val AUROC)])."""
-  det = DETECTORS.get(name)
-  state = det.fit(model)
-  points = grid_points(det.grid(model))
-  if len(points) <= 1:
-    return state, (points[0] if points else {}), []
-  trace = []
-  for hp in points:
-    auroc = metrics.evaluate(det.score(state, val_id, hp), det.score(state, val_ood, hp))["auroc"]
-    trace.append((hp, auroc))
-  best = max(range(len(trace)), key=lambda i: (trace[i][1], -i))
-  return state, trace[best][0], trace
+_register("nac", lambda st, s, hp: _f32(st.score(hp, s.nac_pooled, s)), fit=_nac_fit,
+          grid=lambda m: nac.grid(m.nac_setup), needs=("module",))
 
 
 def score(name: str, state, inputs: Inputs, hp: dict) -> np.ndarray:
   return DETECTORS.get(name).score(state, inputs, hp)
+
+
+def check_available(names, model: Model) -> None:
+  for n in names:
+    why = DETECTORS.get(n).unavailable(model)
+    if why:
+      raise ConfigError(f"detector {n} {why}")

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
+from scipy.special import logsumexp as np_logsumexp
 
 from ncg_jax.registry import ConfigError
 
@@ -41,23 +42,55 @@ def react(head_fn, head_params, features, threshold):
   return energy(head_fn(head_params, jnp.minimum(jnp.asarray(features), threshold)))
 
 
-def ash(head_fn, head_params, features, percentile: float = 90.0):
-  """ASH-B (Djurisic et al., ICLR 2023) on the penultimate vector, as OpenOOD's `ash_b`:
-  keep exactly the k = n - round(n p / 100) largest activations (OpenOOD scatters into the
-  `topk` indices), set each kept one to sum(h) / k and the rest to 0, then the energy of the
-  head. Ties (the zeros of sparse ReLU features when fewer than k are positive) are broken
-  towards the lower index, as `lax.top_k` does; `torch.topk` leaves that order unspecified."""
-  h = jnp.asarray(features)
+def _top_k_mask(h, percentile: float):
+  """Boolean mask of exactly the k = n - round(n p / 100) largest entries of each row (the
+  scatter into `topk` indices of OpenOOD's `ash_net.py`); ties are broken towards the
+  lower index, as `lax.top_k` does (`torch.topk` leaves that order unspecified)."""
   n = h.shape[-1]
   k = n - int(round(n * percentile / 100.0))
   if k < 1:
-    raise ConfigError(f"ASH percentile {percentile} keeps no activation of {n}")
-  s1 = jnp.sum(h, axis=-1, keepdims=True)
+    raise ConfigError(f"percentile {percentile} keeps no activation of {n}")
   flat = h.reshape(-1, n)
   idx = jax.lax.top_k(flat, k)[1]
   kept = jnp.zeros(flat.shape, bool).at[jnp.arange(flat.shape[0])[:, None], idx].set(True)
-  shaped = jnp.where(kept.reshape(h.shape), s1 / k, 0.0)
-  return energy(head_fn(head_params, shaped))
+  return kept.reshape(h.shape), k
+
+
+ASH_VARIANTS = ("b", "p", "s")
+
+
+def ash_shape(features, percentile: float = 90.0, variant: str = "b"):
+  """ASH (Djurisic et al., ICLR 2023) on the penultimate vector, as OpenOOD's `ash_b`,
+  `ash_p` and `ash_s`: keep exactly the top k activations (`_top_k_mask`), then
+  b: every kept one set to s1 / k (s1 = sum of all activations), the rest 0;
+  p: the kept ones as they are, the rest 0;
+  s: the kept ones times exp(s1 / s2) (s2 = sum of the kept ones), the rest 0."""
+  h = jnp.asarray(features)
+  kept, k = _top_k_mask(h, percentile)
+  s1 = jnp.sum(h, axis=-1, keepdims=True)
+  if variant == "b":
+    return jnp.where(kept, s1 / k, 0.0)
+  pruned = jnp.where(kept, h, 0.0)
+  if variant == "p":
+    return pruned
+  if variant == "s":
+    return pruned * jnp.exp(s1 / jnp.sum(pruned, axis=-1, keepdims=True))
+  raise ConfigError(f"unknown ASH variant '{variant}'; valid: {', '.join(ASH_VARIANTS)}")
+
+
+def ash(head_fn, head_params, features, percentile: float = 90.0, variant: str = "b"):
+  """Energy of the head applied to the ASH-shaped features (`ash_shape`)."""
+  return energy(head_fn(head_params, ash_shape(features, percentile, variant)))
+
+
+def scale(head_fn, head_params, features, percentile: float = 85.0):
+  """SCALE (Xu et al., ICLR 2024; OpenOOD's `scale_net.py`): the unpruned features times
+  exp(s1 / s2), s1 the sum of all activations and s2 that of the top k; then energy."""
+  h = jnp.asarray(features)
+  kept, _ = _top_k_mask(h, percentile)
+  s1 = jnp.sum(h, axis=-1, keepdims=True)
+  s2 = jnp.sum(jnp.where(kept, h, 0.0), axis=-1, keepdims=True)
+  return energy(head_fn(head_params, h * jnp.exp(s1 / s2)))
 
 
 def fit_vim(train_features, head_params, dim: int) -> dict:
@@ -82,3 +115,110 @@ def vim(stats, head_fn, head_params, features):
   h = jnp.asarray(features)
   residual = jnp.linalg.norm((h - stats["u"]) @ stats["ns"], axis=-1)
   return energy(head_fn(head_params, h)) - stats["alpha"] * residual
+
+
+def entropy(logits):
+  """Minus the entropy of softmax(z) (higher = more confident = in-distribution)."""
+  logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
+  return jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def fit_temperature(val_logits, val_labels) -> float:
+  """TempScale (Guo et al., ICML 2017): the T > 0 minimising the ID-validation NLL of
+  softmax(z / T). OpenOOD runs 50 L-BFGS steps (lr 0.01) from T = 1.5; this minimises the
+  same one-dimensional convex objective in log T with a bounded Brent search (T in
+  [0.01, 100]), which reaches the same minimiser without a step size to tune."""
+  from scipy.optimize import minimize_scalar
+  from scipy.special import log_softmax
+  z = np.asarray(val_logits, np.float64)
+  y = np.asarray(val_labels)
+  nll = lambda log_t: -np.mean(log_softmax(z / np.exp(log_t), axis=1)[np.arange(len(y)), y])
+  res = minimize_scalar(nll, bounds=(np.log(0.01), np.log(100.0)), method="bounded",
+                        options={"xatol": 1e-6})
+  return float(np.exp(res.x))
+
+
+def temp_scale(logits, temperature: float):
+  """Maximum softmax probability of z / T."""
+  return msp(jnp.asarray(logits) / temperature)
+
+
+def gen(logits, gamma: float = 0.1, m: int = 100):
+  """GEN (Liu et al., CVPR 2023; OpenOOD's `gen_postprocessor.py`): minus the generalised
+  entropy sum over the M largest probabilities of p^gamma (1 - p)^gamma (M capped at C)."""
+  p = jax.nn.softmax(jnp.asarray(logits), axis=-1)
+  top = jax.lax.top_k(p, min(int(m), p.shape[-1]))[0]
+  return -jnp.sum(top ** gamma * (1.0 - top) ** gamma, axis=-1)
+
+
+def fit_klm(val_logits) -> np.ndarray:
+  """KLM (Hendrycks et al., ICML 2022; OpenOOD's `kl_matching_postprocessor.py`): per
+  class c, the mean softmax of the ID-validation examples predicted c ([C', C]; classes
+  no validation example is predicted as are left out)."""
+  z = np.asarray(val_logits, np.float64)
+  p = np.exp(z - np_logsumexp(z, axis=1, keepdims=True))
+  pred = p.argmax(1)
+  return np.stack([p[pred == c].mean(0) for c in range(p.shape[1]) if np.any(pred == c)]
+                  ).astype(np.float32)
+
+
+def klm(templates, logits):
+  """Minus the smallest KL(p || template_c) = sum_k p_k log(p_k / t_ck) over the templates."""
+  logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
+  p = jnp.exp(logp)
+  logt = jnp.log(jnp.asarray(templates))
+  kl = jnp.sum(p * logp, axis=-1, keepdims=True) - p @ logt.T
+  return -jnp.min(kl, axis=-1)
+
+
+def dice_mask(train_features, head_params, percentile: float = 90.0) -> np.ndarray:
+  """DICE (Sun & Li, ECCV 2022; OpenOOD's `dice_postprocessor.py`): keep weight w_jc where
+  its contribution mean_train(h_j) * w_jc exceeds the p-th percentile of all of them."""
+  w = np.asarray(head_params["kernel"], np.float64)  # [D, C]
+  contrib = np.asarray(train_features, np.float64).mean(0)[:, None] * w
+  return contrib > np.percentile(contrib, percentile)
+
+
+def dice(head_params, mask, features):
+  """Energy of the head with the weights outside `mask` zeroed."""
+  kernel = jnp.where(jnp.asarray(mask), head_params["kernel"], 0.0)
+  return energy(jnp.asarray(features) @ kernel + head_params["bias"])
+
+
+def fit_she(train_features, train_logits, train_labels, num_classes: int) -> np.ndarray:
+  """SHE (Zhang et al., ICLR 2023; OpenOOD's `she_postprocessor.py`): per class, the mean
+  feature of the training examples classified correctly as that class ([C, D])."""
+  h = np.asarray(train_features, np.float64)
+  y = np.asarray(train_labels)
+  ok = np.asarray(train_logits).argmax(1) == y
+  return np.stack([h[ok & (y == c)].mean(0) if np.any(ok & (y == c)) else np.zeros(h.shape[1])
+                   for c in range(num_classes)]).astype(np.float32)
+
+
+def she(patterns, logits, features):
+  """Inner product of the features with the stored pattern of the predicted class."""
+  pred = jnp.argmax(jnp.asarray(logits), axis=-1)
+  return jnp.sum(jnp.asarray(features) * jnp.asarray(patterns)[pred], axis=-1)
+
+
+def fdbd_denominators(head_params) -> np.ndarray:
+  """[C, C] distances ||w_p - w_c|| between the head's class weight vectors (diagonal 1,
+  as OpenOOD's `denominator_matrix`)."""
+  w = np.asarray(head_params["kernel"], np.float64).T  # [C, D]
+  d = np.linalg.norm(w[:, None, :] - w[None, :, :], axis=-1)
+  np.fill_diagonal(d, 1.0)
+  return d.astype(np.float32)
+
+
+def fdbd(head_params, denominators, features, train_mean=None):
+  """fDBD (Liu & Qin, ICML 2024; OpenOOD's `fdbd_postprocessor.py`): sum over classes c of
+  |z_pred - z_c| / ||w_pred - w_c|| (the estimated feature distance to each decision
+  boundary; `fdbd_denominators`), divided by ||h - mean_train(h)|| (`train_mean` given) or
+  by ||h||. OpenOOD picks between the two normalisers on validation data."""
+  h = jnp.asarray(features)
+  z = h @ head_params["kernel"] + head_params["bias"]
+  pred = jnp.argmax(z, axis=-1)
+  zp = jnp.take_along_axis(z, pred[:, None], axis=-1)
+  ratio = jnp.abs(zp - z) / jnp.asarray(denominators)[pred]
+  norm = jnp.linalg.norm(h - (0.0 if train_mean is None else jnp.asarray(train_mean)), axis=-1)
+  return jnp.sum(ratio, axis=-1) / norm

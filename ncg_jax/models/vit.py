@@ -9,7 +9,8 @@ it. ImageNet normalisation inside, so inputs are [0, 1] pixels of `image_size` s
 `vit_b_16`: 224x224, patch 16, hidden 768, 12 blocks of 12 heads, MLP 3072 (86.6M parameters
 with 1000 classes). Dropout is 0 as in torchvision's weights, so eval and train agree.
 
-Intermediates (`sow` and `perturb`): block<i> (the token sequence after block i, i = 0-based)
+Intermediates (`sow` and `perturb`): encoder_layer_<i>/ln_2_out (block i's second layer norm, read by
+NAC-UE), block<i> (the token sequence after block i, i = 0-based)
 and features (the class token after the final LayerNorm; NAC-UE's `layer_norm` layer).
 """
 import flax.linen as nn
@@ -44,7 +45,9 @@ class EncoderBlock(nn.Module):
   def __call__(self, x):
     ln = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
     x = x + SelfAttention(self.heads, self.dtype, name="self_attention")(ln("ln_1")(x))
-    y = nn.Dense(self.mlp, dtype=self.dtype, name="mlp_1")(ln("ln_2")(x))
+    normed = self.perturb("ln_2_out", ln("ln_2")(x))  # NAC-UE's ViT layers read this output
+    self.sow("intermediates", "ln_2_out", normed)
+    y = nn.Dense(self.mlp, dtype=self.dtype, name="mlp_1")(normed)
     y = nn.Dense(x.shape[-1], dtype=self.dtype, name="mlp_2")(nn.gelu(y, approximate=False))
     return x + y
 

@@ -44,7 +44,7 @@ from absl import flags
 from experiments import common
 from ncg_jax import data, plots, runs, sharding
 from ncg_jax.data import imagesets, ood_sets as ood_sets_lib, openood
-from ncg_jax.detect import evaluate as evaluate_lib, metrics
+from ncg_jax.detect import evaluation as evaluate_lib, metrics
 from ncg_jax.detect.registry import DETECTORS, Inputs, Model
 from ncg_jax.registry import ConfigError
 

@@ -18,7 +18,7 @@ from ncg_jax.detect.aps import search
 from ncg_jax.detect.distances import (fit_knn, fit_mahalanobis, fit_nnguide, fit_relation,
                                       fit_rmds, knn, mahalanobis, mahalanobis_preprocessed,
                                       nnguide, relation, rmds)
-from ncg_jax.detect.evaluate import Evaluation, evaluate
+from ncg_jax.detect.evaluation import Evaluation, evaluate
 from ncg_jax.detect.gradients import gradnorm, gradnorm_linear, odin
 from ncg_jax.detect.registry import DETECTORS, FunctionNetwork, Inputs, Model
 from ncg_jax.detect.scores import (ash, ash_shape, dice, dice_mask, energy, entropy, fdbd,

@@ -93,7 +93,7 @@ def states(o, g, alpha):
 def histogram(o, g, alpha: float, m: int) -> tuple[np.ndarray, np.ndarray]:
   """(the M edges, counts [M - 1, N] of training states per bin and neuron)."""
   t = edges(int(m))
-  z = np.asarray(states(jnp.asarray(o), jnp.asarray(g), alpha))
+  z = _sigmoid(alpha * np.asarray(o, np.float64) * np.asarray(g, np.float64))
   bins = np.searchsorted(t, z, side="right") - 1  # bin k holds [t_k, t_{k+1})
   counts = np.zeros((len(t) - 1, z.shape[1]))
   valid = (bins >= 0) & (bins < len(t) - 1)
@@ -112,17 +112,23 @@ def fit(pooled: dict, params: dict) -> dict:
   return tables
 
 
-def score(tables: dict, pooled: dict):
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+  return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+
+
+def score(tables: dict, pooled: dict) -> np.ndarray:
+  """In numpy: a search visits many (alpha, M, O) settings and set sizes, each of which a
+  jitted version would compile anew."""
   per_layer = []
   for name, tab in tables.items():
-    o, g = pooled[name]
-    z = states(jnp.asarray(o), jnp.asarray(g), tab["alpha"])
-    t, cov = jnp.asarray(tab["edges"]), jnp.asarray(tab["coverage"], jnp.float32)
-    bins = jnp.searchsorted(t, z, side="right") - 1
+    o, g = (np.asarray(a, np.float64) for a in pooled[name])
+    z = _sigmoid(tab["alpha"] * o * g)
+    t, cov = tab["edges"], np.asarray(tab["coverage"], np.float32)
+    bins = np.searchsorted(t, z, side="right") - 1
     inside = (bins >= 0) & (bins < cov.shape[0])
-    gathered = jnp.take_along_axis(cov, jnp.clip(bins, 0, cov.shape[0] - 1), axis=0)
-    per_layer.append(jnp.mean(jnp.where(inside, gathered, 0.0), axis=-1))
-  return jnp.mean(jnp.stack(per_layer), axis=0)
+    gathered = np.take_along_axis(cov, np.clip(bins, 0, cov.shape[0] - 1), axis=0)
+    per_layer.append(np.mean(np.where(inside, gathered, 0.0), axis=-1))
+  return np.mean(np.stack(per_layer), axis=0).astype(np.float32)
 
 
 def balanced_subset(labels, size: int, num_classes: int, seed: int = 1) -> np.ndarray:

@@ -3,6 +3,8 @@
 Formulas as OpenOOD v1.5 implements them (`openood/postprocessors/*`), unless noted.
 `head_fn(head_params, features) -> logits` is the network's last (linear) layer.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,16 +14,19 @@ from scipy.special import logsumexp as np_logsumexp
 from ncg_jax.registry import ConfigError
 
 
+@jax.jit
 def msp(logits):
   """Maximum softmax probability (Hendrycks & Gimpel, ICLR 2017)."""
   return jnp.max(jax.nn.softmax(jnp.asarray(logits), axis=-1), axis=-1)
 
 
+@jax.jit
 def max_logit(logits):
   """Maximum logit (MLS; Hendrycks et al., ICML 2022)."""
   return jnp.max(jnp.asarray(logits), axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames=("temperature",))
 def energy(logits, temperature: float = 1.0):
   """Negative free energy T * logsumexp(z / T) (Liu et al., NeurIPS 2020)."""
   return temperature * logsumexp(jnp.asarray(logits) / temperature, axis=-1)
@@ -37,6 +42,7 @@ def react_threshold(train_features, percentile: float = 90.0) -> float:
   return float(np.percentile(np.asarray(train_features), percentile))
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
 def react(head_fn, head_params, features, threshold):
   """Energy of the head applied to min(h, threshold) (Sun et al., NeurIPS 2021)."""
   return energy(head_fn(head_params, jnp.minimum(jnp.asarray(features), threshold)))
@@ -59,6 +65,7 @@ def _top_k_mask(h, percentile: float):
 ASH_VARIANTS = ("b", "p", "s")
 
 
+@functools.partial(jax.jit, static_argnames=("percentile", "variant"))
 def ash_shape(features, percentile: float = 90.0, variant: str = "b"):
   """ASH (Djurisic et al., ICLR 2023) on the penultimate vector, as OpenOOD's `ash_b`,
   `ash_p` and `ash_s`: keep exactly the top k activations (`_top_k_mask`), then
@@ -78,11 +85,13 @@ def ash_shape(features, percentile: float = 90.0, variant: str = "b"):
   raise ConfigError(f"unknown ASH variant '{variant}'; valid: {', '.join(ASH_VARIANTS)}")
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3, 4), static_argnames=("head_fn", "percentile", "variant"))
 def ash(head_fn, head_params, features, percentile: float = 90.0, variant: str = "b"):
   """Energy of the head applied to the ASH-shaped features (`ash_shape`)."""
   return energy(head_fn(head_params, ash_shape(features, percentile, variant)))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=("head_fn", "percentile"))
 def scale(head_fn, head_params, features, percentile: float = 85.0):
   """SCALE (Xu et al., ICLR 2024; OpenOOD's `scale_net.py`): the unpruned features times
   exp(s1 / s2), s1 the sum of all activations and s2 that of the top k; then energy."""
@@ -111,12 +120,14 @@ def fit_vim(train_features, head_params, dim: int) -> dict:
   return {"u": u.astype(np.float32), "ns": ns.astype(np.float32), "alpha": np.float32(alpha)}
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
 def vim(stats, head_fn, head_params, features):
   h = jnp.asarray(features)
   residual = jnp.linalg.norm((h - stats["u"]) @ stats["ns"], axis=-1)
   return energy(head_fn(head_params, h)) - stats["alpha"] * residual
 
 
+@jax.jit
 def entropy(logits):
   """Minus the entropy of softmax(z) (higher = more confident = in-distribution)."""
   logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
@@ -138,11 +149,13 @@ def fit_temperature(val_logits, val_labels) -> float:
   return float(np.exp(res.x))
 
 
+@jax.jit
 def temp_scale(logits, temperature: float):
   """Maximum softmax probability of z / T."""
   return msp(jnp.asarray(logits) / temperature)
 
 
+@functools.partial(jax.jit, static_argnames=("m",))
 def gen(logits, gamma: float = 0.1, m: int = 100):
   """GEN (Liu et al., CVPR 2023; OpenOOD's `gen_postprocessor.py`): minus the generalised
   entropy sum over the M largest probabilities of p^gamma (1 - p)^gamma (M capped at C)."""
@@ -162,6 +175,7 @@ def fit_klm(val_logits) -> np.ndarray:
                   ).astype(np.float32)
 
 
+@jax.jit
 def klm(templates, logits):
   """Minus the smallest KL(p || template_c) = sum_k p_k log(p_k / t_ck) over the templates."""
   logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
@@ -179,6 +193,7 @@ def dice_mask(train_features, head_params, percentile: float = 90.0) -> np.ndarr
   return contrib > np.percentile(contrib, percentile)
 
 
+@jax.jit
 def dice(head_params, mask, features):
   """Energy of the head with the weights outside `mask` zeroed."""
   kernel = jnp.where(jnp.asarray(mask), head_params["kernel"], 0.0)
@@ -195,6 +210,7 @@ def fit_she(train_features, train_logits, train_labels, num_classes: int) -> np.
                    for c in range(num_classes)]).astype(np.float32)
 
 
+@jax.jit
 def she(patterns, logits, features):
   """Inner product of the features with the stored pattern of the predicted class."""
   pred = jnp.argmax(jnp.asarray(logits), axis=-1)
@@ -210,6 +226,7 @@ def fdbd_denominators(head_params) -> np.ndarray:
   return d.astype(np.float32)
 
 
+@jax.jit
 def fdbd(head_params, denominators, features, train_mean=None):
   """fDBD (Liu & Qin, ICML 2024; OpenOOD's `fdbd_postprocessor.py`): sum over classes c of
   |z_pred - z_c| / ||w_pred - w_c|| (the estimated feature distance to each decision

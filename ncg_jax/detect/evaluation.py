@@ -121,7 +121,7 @@ def evaluate(network, train, id_test, ood: dict, *, id_val=None, ood_val=None,
       (skipped.__setitem__(name, why) if why else detectors.append(name))
   else:
     for name in detectors:
-      why = DETECTORS.lookup(name).unavailable(model)
+      why = DETECTORS.get(name).unavailable(model)
       if why:
         raise ConfigError(f"detector {name} {why}")
   with_nac = "nac" in detectors

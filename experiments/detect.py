@@ -43,6 +43,7 @@ from absl import flags
 
 from experiments import common
 from ncg_jax import data, plots, runs, sharding
+from ncg_jax.batching import take
 from ncg_jax.data import imagesets, ood_sets as ood_sets_lib, openood
 from ncg_jax.detect import evaluation as evaluate_lib, metrics
 from ncg_jax.detect.registry import DETECTORS, Inputs, Model
@@ -267,7 +268,7 @@ def run(cfg: DetectConfig, log=print) -> dict:
       ood_val, ood = {}, dict(ood)
       for k, v in sets.ood.items():
         val, test = split_val(len(v), min(1000, len(v) // 2) / len(v), cfg.seed + 2)
-        ood_val[k], ood[k] = inputs(imagesets.take(v, val)), inputs(imagesets.take(v, test))
+        ood_val[k], ood[k] = inputs(take(v, val)), inputs(take(v, test))
     else:
       ood_val = None if sets.ood_val is None else inputs(sets.ood_val)
     t0 = time.perf_counter()

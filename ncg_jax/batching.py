@@ -29,6 +29,11 @@ def eval_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarr
     yield np.where(mask, idx, 0), mask
 
 
+def take(rows, idx):
+  """Rows `idx` of an array (copied) or of a lazily read set with `subset` (still lazy)."""
+  return rows.subset(idx) if hasattr(rows, "subset") else rows[np.asarray(idx)]
+
+
 def map_batches(fn: Callable, *arrays, batch_size: int = 512, with_mask: bool = False):
   """Applies a jitted `fn` to fixed-size batches of `arrays` (rows aligned), split over the
   devices (each process feeds its rows), and returns its outputs (a pytree of arrays)

@@ -50,7 +50,7 @@ def openood_tree(root, counts):
   for split, rel in bench.lists().items():
     folder = split.replace("id_", "cifar10_")
     size, mode = sizes.get(split, ((32, 32), "RGB"))
-    names = write_images(os.path.join(root, "images_classic", folder), counts.get(split, 12), size,
+    names = write_images(os.path.join(root, "images_classic", folder), counts.get(split, 20), size,
                          mode, seed=len(split))
     labels = [i % 10 for i in range(len(names))] if split.startswith("id_") else [-1] * len(names)
     os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
@@ -69,7 +69,7 @@ def config(tmp_path, **kw):
 
 def test_openood_cifar10_benchmark_on_a_synthetic_tree(tmp_path):
   root = str(tmp_path / "openood")
-  counts = {"id_train": 60, "id_val": 20, "id_test": 30, "ood_val": 16}
+  counts = {"id_train": 40, "id_val": 20, "id_test": 20, "ood_val": 20}  # two batch shapes
   openood_tree(root, counts)
   save_random_run(tmp_path / "wd", "cifar10", "resnet18", 10, (32, 32, 3), width=4)
   res = detect_exp.run(config(tmp_path, benchmark="openood:cifar10", openood_root=root),
@@ -77,16 +77,16 @@ def test_openood_cifar10_benchmark_on_a_synthetic_tree(tmp_path):
   assert res["groups"] == {"near": ["cifar100", "tin"],
                            "far": ["mnist", "svhn", "texture", "places365"],
                            "noise": ["uniform_noise", "gaussian_noise"]}
-  assert res["splits"]["id_test"] == 30 and res["splits"]["ood_val"] == 16
-  assert res["splits"]["mnist"] == 12 and res["splits"]["fit"] == 60
+  assert res["splits"]["id_test"] == 20 and res["splits"]["ood_val"] == 20
+  assert res["splits"]["mnist"] == 20 and res["splits"]["fit"] == 40
   # the NAC search ran over the reference's CIFAR-10 ResNet grid (256 points)
   assert len(res["search"]["random"]["nac"]) == 256
   assert "avgpool_O" in res["hyperparameters"]["random"]["nac"]
   out = tmp_path / "wd" / "cifar10" / "resnet18" / "seed0"
   scores = np.load(out / "detect_scores_random.npz", allow_pickle=False)
-  assert scores["msp__id"].shape == (30,) and scores["msp__mnist"].shape == (12,)
+  assert scores["msp__id"].shape == (20,) and scores["msp__mnist"].shape == (20,)
   for det in ("msp", "nac", "knn"):
-    ref = roc_auc_score(np.r_[np.ones(30), np.zeros(12)],
+    ref = roc_auc_score(np.r_[np.ones(20), np.zeros(20)],
                         np.r_[scores[f"{det}__id"], scores[f"{det}__texture"]])
     row = [r for r in res["rows"] if (r["detector"], r["ood_set"], r["metric"]) == (det, "texture", "auroc")]
     assert abs(row[0]["value"] - ref) < 1e-9

@@ -72,11 +72,6 @@ class LazyImages:
                       None if self.labels is None else self.labels[idx], self.resize)
 
 
-def take(images, idx):
-  """Rows `idx` of an array (copied) or a `LazyImages` (still lazy)."""
-  return images.subset(idx) if isinstance(images, LazyImages) else images[np.asarray(idx)]
-
-
 def _read_file(path: str) -> np.ndarray:
   from PIL import Image
   with Image.open(path) as im:

@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ncg_jax.batching import map_batches
-from ncg_jax.data.imagesets import take
+from ncg_jax.batching import map_batches, take
 from ncg_jax.detect import distances, gradients, metrics, nac, scores
 from ncg_jax.models.trained import Trained, logits_and_features, to_input
 from ncg_jax.registry import ConfigError, Registry
@@ -288,7 +287,8 @@ _register("react", _react, fit=lambda m: (m, m.val.features), needs=("head",),
           grid=lambda m: {"percentile": [90, 85, 95, 99]})
 _register("knn", lambda st, s, hp: _f32(distances.knn(st, s.features, k=hp["k"])),
           fit=lambda m: distances.fit_knn(m.train.features),
-          grid=lambda m: {"k": [k for k in (50, 100, 200, 500, 1000) if k <= len(m.train)]})
+          grid=lambda m: {"k": [k for k in (50, 100, 200, 500, 1000) if k <= len(m.train)]
+                          or [len(m.train)]})
 
 
 def _vim_dims(m: Model) -> list[int]:

@@ -43,9 +43,12 @@ def resolve_backend(backend: str) -> str:
 
 
 def nearest(database, queries, k: int = 1, backend: str = "auto",
-            query_block: int = 1024, db_block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+            query_block: int = 1024, db_block: int = 16384,
+            columns: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Exact k-NN of each query row in `database` (rows flattened). Returns float32 distances
-  [Q, k] and int64 indices [Q, k], nearest first."""
+  [Q, k] and int64 indices [Q, k], nearest first. `columns` (neighbour ranks, 0-based):
+  return only those columns, whose exact distances alone are recomputed (KNN's detector
+  needs the k-th only; recomputing all k on the host costs Q k D)."""
   db, q = _flat(database), _flat(queries)
   if db.shape[1] != q.shape[1]:
     raise ValueError(f"database has dimension {db.shape[1]}, queries {q.shape[1]}")
@@ -56,6 +59,8 @@ def nearest(database, queries, k: int = 1, backend: str = "auto",
     idx = _faiss_search(db, q, k)
   else:
     idx = _jax_search(db, q, k, query_block, min(db_block, len(db)))
+  if columns is not None:
+    idx = idx[:, list(columns)]
   return _distances(db, q, idx), idx.astype(np.int64)
 
 

@@ -40,3 +40,12 @@ def test_bad_arguments():
     neighbors.nearest(db, np.zeros((2, 3)), k=6)
   with pytest.raises(ValueError, match="valid"):
     neighbors.nearest(db, np.zeros((2, 3)), backend="annoy")
+
+
+def test_columns_return_the_same_distances_as_the_full_result():
+  rng = np.random.default_rng(4)
+  db, q = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(20, 8)).astype(np.float32)
+  dist, idx = neighbors.nearest(db, q, k=30, backend="jax")
+  d2, i2 = neighbors.nearest(db, q, k=30, backend="jax", columns=(0, 29))
+  np.testing.assert_array_equal(i2, idx[:, [0, 29]])
+  np.testing.assert_allclose(d2, dist[:, [0, 29]], rtol=1e-6)

@@ -2,10 +2,12 @@
 
 `LazyImages` looks like a uint8 array [N, H, W, C] to `batching.map_batches` (`len`,
 `shape`, `dtype`, `x[indices]`), but holds only a way to load image i: reading rows decodes
-them on a thread pool and brings each to the model's input size as OpenOOD's test transform
-does (`images.resize_crop`: shorter side to `pre_size`, centre crop, grey to RGB). So
-50,000 ImageNet images are never in host memory at once: `map_batches` asks for one
-fixed-shape batch at a time and prefetches the next while the devices run.
+them and brings each to the model's input size as OpenOOD's test transform does
+(`images.resize_crop`: shorter side to `pre_size`, centre crop, grey to RGB). Image files
+are decoded by a pool of worker processes (PIL holds Python's lock for much of a decode,
+so threads do not scale), other sources on a thread pool. So 50,000 ImageNet images are
+never in host memory at once: `map_batches` asks for one fixed-shape batch at a time and
+prefetches the next while the devices run.
 
 Specs (`--ood=NAME=SPEC`, `--ood_val=SPEC`, `--id_val=SPEC`, `open_spec`):
   folder:PATH        every image file under PATH (directly or in subfolders; labels ignored)
@@ -14,6 +16,7 @@ Specs (`--ood=NAME=SPEC`, `--ood_val=SPEC`, `--id_val=SPEC`, `open_spec`):
   TFDS[:split]       a prepared TFDS dataset's `image` feature (split `test` by default)
 """
 import concurrent.futures
+import concurrent.futures.process
 import os
 from typing import Callable
 
@@ -25,6 +28,34 @@ from ncg_jax.registry import ConfigError
 
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 2) * 2),
                                               thread_name_prefix="decode")
+_PROCESSES = None
+WORKERS = min(os.cpu_count() or 1, 32)
+
+
+def _processes() -> concurrent.futures.ProcessPoolExecutor | None:
+  """The decoding processes (spawned: forking a process that runs JAX is unsafe); None on
+  machines with fewer than 4 cores, where threads do as well."""
+  global _PROCESSES
+  if _PROCESSES is None and WORKERS >= 4:
+    import multiprocessing
+    _PROCESSES = concurrent.futures.ProcessPoolExecutor(
+        max_workers=WORKERS, mp_context=multiprocessing.get_context("spawn"))
+  return _PROCESSES
+
+
+def _disable_processes() -> None:
+  """Worker processes could not start (e.g. a main script they cannot re-import): decode
+  on threads from now on."""
+  global WORKERS, _PROCESSES
+  import warnings
+  warnings.warn("image decoding processes failed to start; decoding on threads instead")
+  WORKERS, _PROCESSES = 1, None
+
+
+def decode_files(paths: list[str], shape: tuple[int, int, int], resize: int) -> np.ndarray:
+  """[len(paths), *shape] uint8: each file decoded, resized and cropped (a worker's task)."""
+  h, _, c = shape
+  return np.stack([images_lib.resize_crop(_read_file(p), resize, h, c) for p in paths])
 
 
 def pre_size(size: int) -> int:
@@ -38,9 +69,10 @@ class LazyImages:
   """N images loaded on demand as uint8 [size, size, channels] (see the module docstring)."""
 
   def __init__(self, load: Callable[[int], np.ndarray], n: int, shape: tuple[int, int, int],
-               name: str = "", labels: np.ndarray | None = None, resize: int | None = None):
+               name: str = "", labels: np.ndarray | None = None, resize: int | None = None,
+               paths: list[str] | None = None):
     self.load, self.n, self.image_shape, self.name = load, n, tuple(shape), name
-    self.labels = labels
+    self.labels, self.paths = labels, paths  # paths: image i is the file paths[i]
     self.resize = resize or pre_size(shape[0])
     self.dtype = np.dtype(np.uint8)
 
@@ -64,12 +96,24 @@ class LazyImages:
       return self._one(int(idx))
     if len(idx) == 0:
       return np.zeros((0, *self.image_shape), np.uint8)
+    pool = _processes() if self.paths is not None and len(idx) >= 16 else None
+    if pool is not None:
+      chunks = np.array_split(idx, min(len(idx), 2 * WORKERS))
+      try:
+        parts = pool.map(decode_files, [[self.paths[i] for i in c] for c in chunks],
+                         [self.image_shape] * len(chunks), [self.resize] * len(chunks))
+        return np.concatenate(list(parts))
+      except (OSError, ValueError) as e:
+        raise ConfigError(f"{self.name}: an image cannot be read ({type(e).__name__}: {e})") from None
+      except concurrent.futures.process.BrokenProcessPool:
+        _disable_processes()
     return np.stack(list(_POOL.map(self._one, idx.tolist())))
 
   def subset(self, idx) -> "LazyImages":
     idx = np.asarray(idx)
     return LazyImages(lambda i: self.load(int(idx[i])), len(idx), self.image_shape, self.name,
-                      None if self.labels is None else self.labels[idx], self.resize)
+                      None if self.labels is None else self.labels[idx], self.resize,
+                      None if self.paths is None else [self.paths[i] for i in idx])
 
 
 def _read_file(path: str) -> np.ndarray:
@@ -110,7 +154,7 @@ def imglist(list_path: str, root: str, name: str = "") -> tuple[list[str], np.nd
 
 
 def from_files(paths: list[str], shape, name: str, labels=None) -> LazyImages:
-  return LazyImages(lambda i: _read_file(paths[i]), len(paths), shape, name, labels)
+  return LazyImages(lambda i: _read_file(paths[i]), len(paths), shape, name, labels, paths=paths)
 
 
 def sample(n: int, max_n: int | None, seed: int) -> np.ndarray:

@@ -76,19 +76,19 @@ def mahalanobis_preprocessed(features_fn, stats, x, *, epsilon: float = 0.0014):
                                    jnp.float32(epsilon))
 
 
-def _normalize(h) -> np.ndarray:
+def normalize(h) -> np.ndarray:
   h = np.asarray(h, np.float32)
   return h / (np.linalg.norm(h, axis=-1, keepdims=True) + 1e-10)
 
 
 def fit_knn(train_features) -> np.ndarray:
   """The bank of L2-normalised training features."""
-  return _normalize(train_features)
+  return normalize(train_features)
 
 
 def knn(index, features, k: int = 50, backend: str = "auto"):
-  dist, _ = neighbors.nearest(index, _normalize(features), k=k, backend=backend)
-  return -dist[:, k - 1]
+  dist, _ = neighbors.nearest(index, normalize(features), k=k, backend=backend, columns=(k - 1,))
+  return -dist[:, 0]
 
 
 @functools.partial(jax.jit, static_argnames=("k", "block"))
@@ -153,7 +153,7 @@ def _relation(bank_h, bank_p, h, p, power: int, block: int):
 def fit_relation(train_features, train_logits) -> dict:
   """Relation (Kim et al., NeurIPS 2023; OpenOOD's `relation_postprocessor.py`): the bank
   of every training example's normalised feature and softmax."""
-  return {"h": _normalize(train_features),
+  return {"h": normalize(train_features),
           "p": np.asarray(jax.nn.softmax(jnp.asarray(train_logits), axis=-1))}
 
 
@@ -161,7 +161,7 @@ def relation(bank, logits, features, power: int = 8):
   """sum_t r_t^power over training examples t with r_t = max(0, <h, h_t>) <p, p_t> > 0.03
   (h normalised, p the softmax; r_t >= 0, so OpenOOD's sign(r) |r|^power is r^power)."""
   p = jax.nn.softmax(jnp.asarray(logits), axis=-1)
-  h = jnp.asarray(_normalize(features))
+  h = jnp.asarray(normalize(features))
   return _relation(jnp.asarray(bank["h"]), jnp.asarray(bank["p"]), h, p, int(power),
                    min(4096, len(bank["h"])))
 

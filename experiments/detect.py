@@ -250,12 +250,10 @@ def run(cfg: DetectConfig, log=print) -> dict:
       + ", ".join(f"{k} {len(v)}" for k, v in sets.ood.items()))
   rows, chosen, traces = [], {}, {}
   curves = {name: {} for name in sets.ood}
-  train_split = None
   for run_name, record in found.items():
-    if not record.get("imported") and train_split is None:
-      train_split = data.load(cfg.dataset, cfg.data_dir).train
     trained = runs.load(record, workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model,
-                        data=train_split, num_classes=sets.num_classes, log=log)
+                        num_classes=sets.num_classes, data=None if record.get("input_shape") else
+                        data.load(cfg.dataset, cfg.data_dir).train)
     model = Model(trained, sets.train_x, np.asarray(sets.train_y), sets.num_classes,
                   seed=cfg.seed, arch=record.get("arch", cfg.model), benchmark=sets.hint,
                   fit_max=cfg.fit_max)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from ncg_jax import models, sharding
 from ncg_jax.data import Split, dir_name
 from ncg_jax.registry import ConfigError
-from ncg_jax.train import checkpoint, losses
+from ncg_jax.train import checkpoint, losses, optim
 from ncg_jax.train.trainer import Trained, TrainConfig, train
 
 SPACES = ("pixel", "feature")
@@ -75,15 +75,15 @@ def imported_runs(workdir: str, dataset: str, model_name: str, seed: int) -> lis
 
 
 def find(workdir: str, dataset: str, model_name: str, seed: int, space: str) -> dict[str, dict]:
-  """The finished or interrupted runs of one space: {loss: config.json record}, in the
-  order ce first, then by name."""
+  """The finished or interrupted runs of one space: {run name: config.json record plus its
+  `run_dir`}, in the order ce first, then by name."""
   found = {}
   for path in sorted(glob.glob(os.path.join(run_dir(workdir, dataset, model_name, seed, space, "*"),
                                             "config.json"))):
     with open(path) as f:
       record = json.load(f)
     if os.path.isdir(os.path.join(os.path.dirname(path), "checkpoints")):
-      found[os.path.basename(os.path.dirname(path))] = record
+      found[os.path.basename(os.path.dirname(path))] = {**record, "run_dir": os.path.dirname(path)}
   return dict(sorted(found.items(), key=lambda kv: (kv[1].get("loss") != "ce", kv[0])))
 
 
@@ -123,18 +123,42 @@ def load_imported(record: dict, directory: str, num_classes: int | None = None) 
   return Trained(model, state["params"], state["model_state"], shape)
 
 
-def load(record: dict, *, workdir: str, dataset: str, model_name: str, data: Split,
-         num_classes: int, log=print) -> Trained:
-  """Restores the run described by a `find` record (trains on if it was interrupted)."""
+def load(record: dict, *, workdir: str, dataset: str, model_name: str, num_classes: int,
+         data: Split | None = None, log=print) -> Trained:
+  """Restores the finished run described by a `find` record; never trains. An interrupted
+  run is a ConfigError naming the command that finishes it. `data` gives the input shape
+  of runs whose config.json predates recording it."""
+  del log
   if record.get("imported"):
     return load_imported(record, run_dir(workdir, dataset, model_name, record.get("seed", 0),
                                          "pixel", record["name"]), num_classes)
+  directory = record["run_dir"]
   fields = {f.name for f in dataclasses.fields(TrainConfig)}
   cfg = TrainConfig(**{k: tuple(v) if k == "milestones" else v
                        for k, v in record.items() if k in fields})
-  attack = record.get("attack")
-  attack = losses.AttackConfig(**{**attack, "clip": tuple(attack["clip"]) if attack["clip"] else None}) \
-      if attack else None
-  return train_or_load(workdir=workdir, dataset=dataset, model_name=model_name,
-                       space=record.get("space", "pixel"), loss=record["loss"], data=data,
-                       num_classes=num_classes, cfg=cfg, attack=attack, log=log)
+  shape = record.get("input_shape") or (list(data.x.shape[1:]) if data is not None else None)
+  if shape is None:
+    raise ConfigError(f"{directory}/config.json does not record the input shape; pass the data")
+  model = models.create(record.get("arch", model_name), num_classes,
+                        dtype=jnp.dtype(cfg.precision), **record.get("fields", {}))
+  x = jnp.zeros((1, *shape))
+  mngr = checkpoint.manager(os.path.join(directory, "checkpoints"))
+  done = mngr.latest_step() or 0
+  if done < cfg.epochs:
+    attack = record.get("attack")
+    robust = f" --norm={attack['norm']} --eps={attack['eps']:g}" if attack else ""
+    raise ConfigError(
+        f"run {directory} is unfinished (epoch {done} of {cfg.epochs}); finish it with: "
+        f"python -m experiments.train --dataset={dataset} --model={model_name} "
+        f"--loss={record['loss']}{robust} --seed={cfg.seed} --workdir={workdir} "
+        f"(and the recipe flags it was started with), or rerun the experiment that trained it")
+
+  def like():
+    params, state = models.init(model, jax.random.key(0), x)
+    steps = max(1, record.get("num_examples", cfg.batch_size) // cfg.batch_size)
+    tx = optim.make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.milestones, steps)
+    return {"params": params, "model_state": state, "opt": tx.init(params)}
+  abstract = jax.eval_shape(like)
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
+  state = checkpoint.restore(mngr, done, sharding.replicate(zeros))
+  return Trained(model, state["params"], state["model_state"], tuple(shape))

@@ -126,3 +126,31 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs(digits9, tmp_path
   # the same parameters in float32 give nearly the same logits (bfloat16 has 8 mantissa bits)
   f32 = models.create("cnn002", 9).apply({"params": t.params}, split.x[:32] / 255.0)[0]
   np.testing.assert_allclose(logits[:32], f32, atol=0.05 * float(np.abs(f32).max()) + 1e-3)
+
+
+def test_load_restores_a_finished_run_and_names_the_command_for_an_unfinished_one(digits9, tmp_path):
+  import json
+  from ncg_jax import runs
+  from ncg_jax.registry import ConfigError
+  from ncg_jax.train.trainer import TrainConfig
+  small = type(digits9.train)(digits9.train.x[:64], digits9.train.y[:64])
+  cfg = TrainConfig(loss="ce", optimizer="sgd", lr=0.01, momentum=0.9, batch_size=32, epochs=1,
+                    milestones=(), seed=0)
+  trained = runs.train_or_load(workdir=str(tmp_path), dataset="digitswo9", model_name="cnn002",
+                               space="pixel", loss="ce", data=small, num_classes=9, cfg=cfg,
+                               log=lambda s: None)
+  record = runs.find(str(tmp_path), "digitswo9", "cnn002", 0, "pixel")["ce"]
+  loaded = runs.load(record, workdir=str(tmp_path), dataset="digitswo9", model_name="cnn002",
+                     num_classes=9)
+  for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(loaded.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # a run that stopped before its last epoch is not trained on by loading
+  path = os.path.join(record["run_dir"], "config.json")
+  with open(path) as f:
+    on_disk = json.load(f)
+  with open(path, "w") as f:
+    json.dump({**on_disk, "epochs": 3}, f)
+  record = runs.find(str(tmp_path), "digitswo9", "cnn002", 0, "pixel")["ce"]
+  with pytest.raises(ConfigError, match="unfinished .epoch 1 of 3.*experiments.train"):
+    runs.load(record, workdir=str(tmp_path), dataset="digitswo9", model_name="cnn002", num_classes=9)
+  assert len(os.listdir(os.path.join(record["run_dir"], "checkpoints"))) == 1

@@ -231,7 +231,8 @@ def pixel_runs(cfg: ExperimentConfig) -> dict[str, dict]:
   found = runs.find(cfg.workdir, cfg.dataset, cfg.model, cfg.seed, "pixel")
   if not found:
     raise ConfigError(f"no trained pixel-space runs for {cfg.dataset}/{cfg.model}/seed{cfg.seed} "
-                      f"in {cfg.workdir}; run experiments.ncg or experiments.train first")
+                      f"in {cfg.workdir}; run experiments.ncg or experiments.train first, or import a "
+                      "checkpoint (python -m ncg_jax.models.import_weights)")
   return found
 
 

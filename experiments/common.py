@@ -20,6 +20,7 @@ from ncg_jax import data, recipes, sharding  # noqa: E402
 from ncg_jax.registry import ConfigError  # noqa: E402
 from ncg_jax.train.checkpoint import CheckpointError  # noqa: E402
 from ncg_jax.train.losses import AttackConfig  # noqa: E402
+from ncg_jax.spaces import RunSpec  # noqa: E402,F401 (part of ExperimentConfig)
 from ncg_jax.train.trainer import TrainConfig, TrainingDiverged  # noqa: E402
 
 flags.DEFINE_string("dataset", "digitswo9", "<base> or <base>wo<k>, e.g. digitswo9.")
@@ -37,6 +38,8 @@ flags.DEFINE_integer("epochs", None, "Training epochs (default: the dataset's re
 flags.DEFINE_integer("batch_size", None, "Training batch size (default: recipe).")
 flags.DEFINE_float("lr", None, "Learning rate (default: recipe).")
 flags.DEFINE_string("optimizer", None, "sgd or adam (default: recipe).")
+flags.DEFINE_enum("space", "both", ["pixel", "feature", "both"], "Where to search neighbours "
+                  "(experiments.ncg, .corrupted).")
 flags.DEFINE_string("nn_backend", "auto", "Nearest-neighbour backend: auto, faiss or jax.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                   "Model compute precision; bfloat16 keeps float32 parameters, and attack "
@@ -65,20 +68,6 @@ flags.DEFINE_integer("feature_epochs", None, "Feature heads' epochs (default: re
 flags.DEFINE_list("feature_eps", None, "Robust feature heads' radii (default: --eps).")
 
 FLAGS = flags.FLAGS
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-  """One classifier of an experiment: a registered loss with its attack (robust losses), or
-  an imported run's name (attack None)."""
-  loss: str
-  attack: AttackConfig | None = None
-
-  @property
-  def name(self) -> str:
-    """Its label and directory name: the loss, plus norm and eps for robust losses."""
-    from ncg_jax.train import losses
-    return losses.run_name(self.loss, self.attack) if self.loss in losses.LOSSES else self.loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +204,8 @@ def write_json(path: str, obj) -> None:
 
 def results_dir(cfg: ExperimentConfig) -> str:
   """Where an experiment writes its results: beside the runs of its dataset/model/seed."""
-  return os.path.join(cfg.workdir, data.dir_name(cfg.dataset), cfg.model, f"seed{cfg.seed}")
+  from ncg_jax import runs
+  return runs.seed_dir(cfg.workdir, cfg.dataset, cfg.model, cfg.seed)
 
 
 def load_heldout(cfg: ExperimentConfig) -> data.Dataset:

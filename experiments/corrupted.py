@@ -21,14 +21,14 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from experiments import ncg as ncg_experiment
 from ncg_jax import data, ncg, neighbors, plots, runs
+from ncg_jax.spaces import build_spaces
+from ncg_jax.train.losses import NATURAL
 from ncg_jax.data import corruptions
 
 flags.DEFINE_string("corruptions", None, "Comma-separated corruptions (default: all of the family).")
 FLAGS = flags.FLAGS
 
-NATURAL = ncg_experiment.NATURAL
 ALPHA = 0.05
 
 
@@ -90,7 +90,7 @@ def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], chosen=None, log=
   out_dir = common.results_dir(cfg)
   log(f"{cfg.dataset}: {len(ds.train)} train, K={ds.num_classes}; {cfg.dataset}-c: "
       f"{len(family)} cells ({len({c.corruption for c in family})} corruptions)")
-  built = ncg_experiment.build_spaces(cfg, ds.train, ds.num_classes, spaces, log)
+  built = build_spaces(cfg, ds.train, ds.num_classes, spaces, log)
   cells = {space: [] for space in built}
   for i, cell in enumerate(family):
     t0 = time.perf_counter()

@@ -17,18 +17,17 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Callable
 
 import numpy as np
 from absl import flags
 
 from experiments import common
-from ncg_jax import data, models, ncg, neighbors, plots, runs, sharding
-from ncg_jax.models import Trained, logits_and_features
+from ncg_jax import data, ncg, neighbors, plots, runs, sharding
+from ncg_jax.models import logits_and_features
+from ncg_jax.spaces import Space, build_spaces
 from ncg_jax.registry import ConfigError
 from ncg_jax.train import losses
 
-flags.DEFINE_enum("space", "both", ["pixel", "feature", "both"], "Where to search neighbours.")
 flags.DEFINE_string("held_out", None, "'all' or comma-separated classes k: run the job on "
                     "<dataset>wo<k> for each (--dataset names the base) and summarise the sweep "
                     "as the paper's Table 1 (chi-square per class, mean +- SEM over classes).")
@@ -39,10 +38,6 @@ FLAGS = flags.FLAGS
 NATURAL = losses.NATURAL
 LEARNED_MARGIN = 0.05  # accuracy within this of chance: the run did not learn
 ROBUST_FLOOR = 0.05    # a robust run below this robust accuracy is not robust
-
-
-def _pixels(x: np.ndarray) -> np.ndarray:
-  return x.reshape(len(x), -1).astype(np.float32) / 255.0
 
 
 def table(results: dict) -> str:
@@ -72,77 +67,6 @@ def table(results: dict) -> str:
                   + " | " + " | ".join(f"{ncgs[r] - ncgs[NATURAL]:+.3f}" if r in ncgs else "-"
                                        for r in runs_ if r != NATURAL) + " |")
   return "\n".join(rows)
-
-
-@dataclasses.dataclass
-class Space:
-  """One space NCG is measured in: the training vectors neighbours are searched among, how
-  images become query vectors, and the classifiers (by run label) whose predictions are
-  scored, with the run specs that trained them."""
-  name: str
-  db: np.ndarray
-  embed: Callable[[np.ndarray], np.ndarray]  # uint8 images -> query vectors
-  models: dict[str, Trained]
-  specs: dict[str, common.RunSpec]
-  layer: str | None = None  # feature space: the intermediate of the feature network
-
-  def inputs(self, x: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
-    """What the classifiers take: images (pixel space) or their embedding."""
-    return x if self.name == "pixel" else (self.embed(x) if queries is None else queries)
-
-  def predict(self, run: str, x: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
-    """Predicted labels of images x (feature space takes the already embedded `queries`)."""
-    return logits_and_features(self.models[run], self.inputs(x, queries))[0].argmax(-1)
-
-
-def _spec(cfg: common.ExperimentConfig, label: str) -> common.RunSpec:
-  """The run named `label` (a run label, a loss of --losses, or the natural loss)."""
-  for r in cfg.runs:
-    if label in (r.name, r.loss):
-      return r
-  return common.RunSpec(label)
-
-
-def build_spaces(cfg: common.ExperimentConfig, train: data.Split, num_classes: int,
-                 spaces: tuple[str, ...], log=print) -> dict[str, Space]:
-  """Trains (or reuses, or loads imported) every model the spaces need: pixel-space
-  classifiers per run and, for feature space, MLP heads per loss on the `feature_layer`
-  features of `cfg.feature_network` (heads on another network or layer live in
-  `runs.feature_space_dir`)."""
-  train_kw = dict(workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model,
-                  num_classes=num_classes, log=log)
-  net = _spec(cfg, cfg.feature_network)
-  needed = ([net] if "feature" in spaces else []) + (list(cfg.runs) if "pixel" in spaces else [])
-  pixel = {}
-  for spec in needed:
-    if spec.name not in pixel:
-      pixel[spec.name] = runs.train_or_load(space="pixel", loss=spec.loss, attack=spec.attack,
-                                            data=train, cfg=cfg.pixel, **train_kw)
-  out = {}
-  if "pixel" in spaces:
-    out["pixel"] = Space("pixel", _pixels(train.x), _pixels,
-                         {r.name: pixel[r.name] for r in cfg.runs}, {r.name: r for r in cfg.runs})
-  if "feature" in spaces:
-    default = models.feature_layer(cfg.model)
-    layer = cfg.feature_layer or default
-    natural = pixel[net.name]
-    try:
-      models.embed(natural, train.x[:1], layer)
-    except KeyError as e:
-      raise ConfigError(f"--feature_layer: {e.args[0]}") from None
-    embed = lambda x, natural=natural: models.embed(natural, x, layer)
-    t0 = time.perf_counter()
-    db = embed(train.x)
-    log(f"[feature] {db.shape[1]}-d '{layer}' features of {net.name} for {len(db)} training "
-        f"images ({time.perf_counter() - t0:.1f}s)")
-    where = runs.feature_space_dir(net.name, layer, default)
-    fields = {} if cfg.feature_width == 256 else {"widths": (cfg.feature_width,) * 3}
-    heads = {r.name: runs.train_or_load(space=where, loss=r.loss, attack=r.attack,
-                                        data=data.Split(db, train.y), cfg=cfg.feature,
-                                        fields=fields, **train_kw) for r in cfg.feature_runs}
-    out["feature"] = Space("feature", db, embed, heads, {r.name: r for r in cfg.feature_runs},
-                           layer)
-  return out
 
 
 def assess(sp: Space, run: str, ds: data.Dataset, queries_test: np.ndarray,
@@ -295,7 +219,7 @@ def main(argv):
     print(f"=== held-out class {k} ({i + 1}/{len(configs)}) ===")
     results[k] = run(cfg, spaces, FLAGS.robust_n)
   summary, md = sweep(base, classes, results, FLAGS.model)
-  out_dir = os.path.join(FLAGS.workdir, data.dir_name(base), FLAGS.model, f"seed{FLAGS.seed}")
+  out_dir = runs.seed_dir(FLAGS.workdir, base, FLAGS.model, FLAGS.seed)
   common.write_tables(out_dir, "ncg_sweep", {"flags": common.own_flags(), "classes": classes,
                                               "summary": summary},
                       f"NCG over held-out classes of {base}", md)

@@ -26,8 +26,13 @@ from ncg_jax.train.trainer import Trained, TrainConfig, train
 SPACES = ("pixel", "feature")
 
 
+def seed_dir(workdir: str, dataset: str, model: str, seed: int) -> str:
+  """<workdir>/<dataset>/<model>/seed<seed>: the runs' parent and the experiments' results."""
+  return os.path.join(workdir, dir_name(dataset), model, f"seed{seed}")
+
+
 def run_dir(workdir: str, dataset: str, model: str, seed: int, space: str, run: str) -> str:
-  return os.path.join(workdir, dir_name(dataset), model, f"seed{seed}", space, run)
+  return os.path.join(seed_dir(workdir, dataset, model, seed), space, run)
 
 
 def feature_space_dir(network: str, layer: str, default_layer: str) -> str:

@@ -183,8 +183,8 @@ def test_experiments_use_imported_runs_by_name(data_dir, tmp_path):
                    "--name=lolip-cnn")
     assert p.returncode == 0, p.stderr[-2000:]
   common = ["--model=cnn002", "--losses=lolip-cnn", "--feature_network=lolip-cnn",
-            "--feature_epochs=1", "--robust_n=0", f"--data_dir={data_dir}", f"--workdir={wd}"]
-  p = run_module("experiments.ncg", "--dataset=digitswo9", *common)
+            "--feature_epochs=1", f"--data_dir={data_dir}", f"--workdir={wd}"]
+  p = run_module("experiments.ncg", "--dataset=digitswo9", "--robust_n=0", *common)
   assert p.returncode == 0, p.stderr[-3000:]
   out = tmp_path / "wd" / "digitswo9" / "cnn002" / "seed0"
   with open(out / "results.json") as f:

@@ -118,7 +118,10 @@ def evaluate(network, train, id_test, ood: dict, *, id_val=None, ood_val=None,
     detectors = []
     for name in DETECTORS.names():
       why = DETECTORS.get(name).unavailable(model)
-      (skipped.__setitem__(name, why) if why else detectors.append(name))
+      if why:
+        skipped[name] = why
+      else:
+        detectors.append(name)
   else:
     for name in detectors:
       why = DETECTORS.get(name).unavailable(model)

@@ -86,14 +86,17 @@ def pooled_outputs(model: nn.Module, variables: dict, x, layers: tuple[str, ...]
   return _pooled(model, layers, variables, jnp.asarray(x, jnp.float32))
 
 
-def states(o, g, alpha):
-  return jax.nn.sigmoid(alpha * o * g)
+def states(o, g, alpha: float) -> np.ndarray:
+  """sigmoid(alpha o g) in float64 numpy (tanh form: no overflow). In numpy: a search
+  visits many (alpha, M, O) settings and set sizes, each of which jit would compile anew."""
+  x = alpha * np.asarray(o, np.float64) * np.asarray(g, np.float64)
+  return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def histogram(o, g, alpha: float, m: int) -> tuple[np.ndarray, np.ndarray]:
   """(the M edges, counts [M - 1, N] of training states per bin and neuron)."""
   t = edges(int(m))
-  z = _sigmoid(alpha * np.asarray(o, np.float64) * np.asarray(g, np.float64))
+  z = states(o, g, alpha)
   bins = np.searchsorted(t, z, side="right") - 1  # bin k holds [t_k, t_{k+1})
   counts = np.zeros((len(t) - 1, z.shape[1]))
   valid = (bins >= 0) & (bins < len(t) - 1)
@@ -112,17 +115,10 @@ def fit(pooled: dict, params: dict) -> dict:
   return tables
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-  return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
-
-
 def score(tables: dict, pooled: dict) -> np.ndarray:
-  """In numpy: a search visits many (alpha, M, O) settings and set sizes, each of which a
-  jitted version would compile anew."""
   per_layer = []
   for name, tab in tables.items():
-    o, g = (np.asarray(a, np.float64) for a in pooled[name])
-    z = _sigmoid(tab["alpha"] * o * g)
+    z = states(*pooled[name], tab["alpha"])
     t, cov = tab["edges"], np.asarray(tab["coverage"], np.float32)
     bins = np.searchsorted(t, z, side="right") - 1
     inside = (bins >= 0) & (bins < cov.shape[0])

@@ -21,7 +21,7 @@ import optax
 from ncg_jax.batching import map_batches, take
 from ncg_jax.detect import distances, gradients, metrics, nac, scores
 from ncg_jax.models.trained import Trained, logits_and_features, to_input
-from ncg_jax.registry import ConfigError, Registry
+from ncg_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -361,10 +361,3 @@ _register("nac", lambda st, s, hp: _f32(st.score(hp, s.nac_pooled, s)), fit=_nac
 
 def score(name: str, state, inputs: Inputs, hp: dict) -> np.ndarray:
   return DETECTORS.get(name).score(state, inputs, hp)
-
-
-def check_available(names, model: Model) -> None:
-  for n in names:
-    why = DETECTORS.get(n).unavailable(model)
-    if why:
-      raise ConfigError(f"detector {n} {why}")

@@ -26,8 +26,8 @@ hyperparameters are tuned on a seeded 1,000 of its own images, scored on the res
 
 SPEC: `folder:PATH`, `npz:PATH`, `imglist:LIST@ROOT` or a TFDS name (`name[:split]`; see
 `data/imagesets.py`). Images are brought to the model's input size as OpenOOD's test
-transform does. Large sets are read lazily in fixed-shape batches (decoded on background
-threads); only logits, features and NAC's pooled states are kept per image.
+transform does. Large sets are read lazily in fixed-shape batches (image files decoded on
+worker processes); only logits, features and NAC's pooled states are kept per image.
 
 Writes to <workdir>/<dataset>/<model>/seed<s>/: detect_summary.md (AUROC and both FPR95
 conventions per set, with group means), detect_<set>.{md,json,csv}, detect_rows.csv (tidy:
@@ -37,6 +37,7 @@ run, detector, set, metric, value), detect_scores_<run>.npz (per-example scores,
 import dataclasses
 import os
 import time
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -45,7 +46,7 @@ from experiments import common
 from ncg_jax import data, plots, runs, sharding
 from ncg_jax.batching import take
 from ncg_jax.data import imagesets, ood_sets as ood_sets_lib, openood
-from ncg_jax.detect import evaluation as evaluate_lib, metrics
+from ncg_jax.detect import evaluation, metrics
 from ncg_jax.detect.registry import DETECTORS, Inputs, Model
 from ncg_jax.registry import ConfigError
 
@@ -134,12 +135,19 @@ class DetectConfig:
   flags: dict = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass
 class Sets:
-  """Everything one evaluation reads: training images and labels for fitting, ID
-  validation and test (images, labels), OOD validation and test sets, groups."""
-
-  def __init__(self, **kw):
-    self.__dict__.update(kw)
+  """Everything one evaluation reads (images as arrays or `LazyImages`)."""
+  train_x: Any                 # fitting: training images and labels
+  train_y: np.ndarray
+  num_classes: int
+  id_val: tuple                # (images, labels or None)
+  id_test: tuple
+  ood_val: Any                 # None: no search, every detector at its defaults
+  ood: dict                    # OOD test sets by name
+  groups: dict[str, list[str]]
+  hint: str                    # benchmark or base name (picks NAC's grid)
+  describe: str
 
 
 def build_sets(cfg: DetectConfig, shape, log) -> Sets:
@@ -176,7 +184,7 @@ def build_sets(cfg: DetectConfig, shape, log) -> Sets:
       ood.update({n: spec(s, n) for n, s in extra.items()})
       groups["ood"] = list(extra)
     elif ds.base in ood_sets_lib.OOD_SETS:
-      ood.update(ood_sets_lib.load(ds.base, shape, cfg.data_dir, max_ood or 10 ** 9, cfg.seed, log))
+      ood.update(ood_sets_lib.load(ds.base, shape, cfg.data_dir, max_ood, cfg.seed, log))
       groups.update(ood_sets_lib.groups(ds.base))
     if cfg.ood_val:
       ood_val = spec(cfg.ood_val, "ood_val")
@@ -203,7 +211,7 @@ def group_table(rows: list[dict], sets: list[str], groups: dict, metric: str) ->
       by.setdefault((r["run"], r["detector"]), {})[r["ood_set"]] = r["value"]
   means = {}
   head = sets + [f"{g} (mean)" for g in groups]
-  note = evaluate_lib.METRIC_NOTES.get(metric, metric.upper())
+  note = evaluation.METRIC_NOTES.get(metric, metric.upper())
   out = [f"### {metric}: {note}", "", "| run | detector | " + " | ".join(head) + " |",
          "|---|---|" + "---|" * len(head)]
   for (run, det), vals in by.items():
@@ -214,17 +222,21 @@ def group_table(rows: list[dict], sets: list[str], groups: dict, metric: str) ->
   return means, "\n".join(out)
 
 
-def set_table(rows: list[dict], ood_name: str) -> tuple[dict, str, list[dict]]:
+def set_table(rows: list[dict], ood_name: str, chosen: dict) -> tuple[dict, str, list[dict]]:
+  """One OOD set's metrics per run and detector, with the chosen hyperparameters."""
   mine = [r for r in rows if r["ood_set"] == ood_name]
   nested = {}
   for r in mine:
     nested.setdefault(r["run"], {}).setdefault(r["detector"], {})[r["metric"]] = r["value"]
-  ms = evaluate_lib.METRICS
-  out = [f"### OOD set: {ood_name}", "", "| run | detector | " + " | ".join(ms) + " |",
-         "|---|---|" + "---|" * len(ms)]
+  ms = evaluation.METRICS
+  out = [f"### OOD set: {ood_name}", "",
+         "| run | detector | " + " | ".join(ms) + " | chosen hyperparameters |",
+         "|---|---|" + "---|" * (len(ms) + 1)]
   for run, dets in nested.items():
     for det, vals in dets.items():
-      out.append(f"| {run} | {det} | " + " | ".join(f"{vals[m]:.4f}" for m in ms) + " |")
+      hp = chosen[run].get(det, chosen[run].get(f"{det}@{ood_name}", {}))
+      hp_s = ", ".join(f"{k}={v}" for k, v in hp.items()) or "-"
+      out.append(f"| {run} | {det} | " + " | ".join(f"{vals[m]:.4f}" for m in ms) + f" | {hp_s} |")
   return nested, "\n".join(out), mine
 
 
@@ -271,7 +283,7 @@ def run(cfg: DetectConfig, log=print) -> dict:
       ood_val = None if sets.ood_val is None else inputs(sets.ood_val)
     t0 = time.perf_counter()
     log(f"[{run_name}] {len(usable)} detectors")
-    result = evaluate_lib.run_detectors(model, inputs(*sets.id_test), ood, usable, id_val,
+    result = evaluation.run_detectors(model, inputs(*sets.id_test), ood, usable, id_val,
                                         ood_val, log=lambda m: log(f"[{run_name}] {m}"))
     log(f"[{run_name}] done in {time.perf_counter() - t0:.0f}s")
     rows += [{"run": run_name, **r} for r in result.rows]
@@ -295,17 +307,17 @@ def run(cfg: DetectConfig, log=print) -> dict:
                         "id_val": len(sets.id_val[0]), "id_test": len(sets.id_test[0]),
                         "ood_val": None if sets.ood_val is None else len(sets.ood_val),
                         **{k: len(v) for k, v in sets.ood.items()}},
-             "metric_notes": evaluate_lib.METRIC_NOTES, "groups": sets.groups,
+             "metric_notes": evaluation.METRIC_NOTES, "groups": sets.groups,
              "group_means": group_means, "hyperparameters": chosen, "search": traces, "rows": rows}
   common.write_json(os.path.join(out_dir, "detect.json"), results)
   common.write_markdown(os.path.join(out_dir, "detect_summary.md"), heading, "\n\n".join(summary))
-  sharding.write_text(os.path.join(out_dir, "detect_rows.csv"), evaluate_lib.rows_to_csv(rows))
+  sharding.write_text(os.path.join(out_dir, "detect_rows.csv"), evaluation.rows_to_csv(rows))
   md = []
   for name in set_names:
-    nested, text, mine = set_table(rows, name)
+    nested, text, mine = set_table(rows, name, chosen)
     md.append(text)
     common.write_tables(out_dir, f"detect_{name}", nested, heading, text)
-    sharding.write_text(os.path.join(out_dir, f"detect_{name}.csv"), evaluate_lib.rows_to_csv(mine))
+    sharding.write_text(os.path.join(out_dir, f"detect_{name}.csv"), evaluation.rows_to_csv(mine))
     plots.roc_curves(curves[name], os.path.join(out_dir, f"detect_roc_{name}.png"),
                      f"{sets.describe} vs {name}")
   log("\n" + "\n\n".join(md + summary) + f"\n\nwrote {out_dir}/detect_*.{{md,json,csv,npz,png}}")

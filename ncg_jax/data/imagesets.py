@@ -165,8 +165,11 @@ def sample(n: int, max_n: int | None, seed: int) -> np.ndarray:
 
 
 def open_spec(spec: str, shape: tuple[int, int, int], *, name: str = "", data_dir=None,
-              max_n: int | None = None, seed: int = 0) -> LazyImages | np.ndarray:
-  """The images of one SPEC (module docstring) at `shape`, capped at a seeded `max_n`."""
+              max_n: int | None = None, seed: int = 0,
+              prepare_as: str | None = None) -> LazyImages | np.ndarray:
+  """The images of one SPEC (module docstring) at `shape`, capped at a seeded `max_n`.
+  `prepare_as`: the name a missing TFDS dataset's error tells `data.prepare` to prepare
+  (default `tfds:<name>`)."""
   kind, _, rest = spec.partition(":")
   label = f"{name}={spec}" if name else spec
   if kind == "folder" and rest:
@@ -187,6 +190,6 @@ def open_spec(spec: str, shape: tuple[int, int, int], *, name: str = "", data_di
     return LazyImages(lambda i: x[i], len(x), shape, label)[np.arange(len(x))]
   from ncg_jax.data import tfds_io
   tfds_name, _, split = spec.partition(":")
-  src = tfds_io.open_split(tfds_name, split or "test", data_dir, f"tfds:{tfds_name}")
+  src = tfds_io.open_split(tfds_name, split or "test", data_dir, prepare_as or f"tfds:{tfds_name}")
   idx = sample(len(src), max_n, seed)
   return LazyImages(lambda i: src[int(idx[i])]["image"], len(idx), shape, label)

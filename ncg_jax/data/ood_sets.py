@@ -8,9 +8,6 @@ the ID image shape the way OpenOOD's test transform does (shorter side resized, 
 crop, grayscale to RGB) and capped at a seeded sample of `max_n` images.
 Prepare them once with `python -m ncg_jax.data.prepare cifar10-ood`.
 """
-import numpy as np
-
-from ncg_jax.data import images, tfds_io
 
 # base -> group -> set name -> (TFDS name, split)
 OOD_SETS = {
@@ -28,17 +25,14 @@ def groups(base: str) -> dict[str, list[str]]:
 
 
 def load(base: str, shape: tuple[int, int, int], data_dir: str | None = None,
-         max_n: int = 10000, seed: int = 0, log=print) -> dict[str, np.ndarray]:
-  """{set name: uint8 images of `shape`} for the external OOD sets of `base` (none for
-  bases without an entry)."""
-  h, _, c = shape
+         max_n: int = 10000, seed: int = 0, log=print) -> dict:
+  """{set name: images of `shape`, read lazily (`imagesets.open_spec`)} for the external
+  OOD sets of `base` (none for bases without an entry)."""
+  from ncg_jax.data import imagesets
   out = {}
   for group in OOD_SETS.get(base, {}).values():
     for name, (tfds_name, split) in group.items():
-      src = tfds_io.open_split(tfds_name, split, data_dir, f"{base}-ood")
-      n = len(src)
-      idx = np.sort(np.random.default_rng([seed, n]).permutation(n)[:max_n])
-      fit = lambda im: images.resize_crop(im, h, h, c)
-      out[name], _ = tfds_io.read(src, transform=fit, indices=idx)
-      log(f"OOD set {name}: {len(idx)} of {n} {tfds_name} {split} images")
+      out[name] = imagesets.open_spec(f"{tfds_name}:{split}", shape, name=name, data_dir=data_dir,
+                                      max_n=max_n, seed=seed, prepare_as=f"{base}-ood")
+      log(f"OOD set {name}: {len(out[name])} {tfds_name} {split} images")
   return out

@@ -83,10 +83,14 @@ class Model:
     return self.network.head
 
   @functools.cached_property
-  def nac_setup(self) -> nac.Setup:
+  def perturbed_layers(self) -> tuple[str, ...]:
+    """The Linen model's perturb points ("module/name" when nested)."""
     x = to_input(jnp.zeros((1, *self.train_x.shape[1:]), jnp.uint8))
-    available = nac.perturbed_layers(self.trained.model, x)
-    return nac.setup(self.arch, self.benchmark, self.train_x.shape[1], available)
+    return nac.perturbed_layers(self.trained.model, x)
+
+  @functools.cached_property
+  def nac_setup(self) -> nac.Setup:
+    return nac.setup(self.arch, self.benchmark, self.train_x.shape[1], self.perturbed_layers)
 
   @property
   def nac_layers(self) -> tuple[str, ...]:
@@ -225,8 +229,7 @@ def _ensemble_fit(m: Model):
   used. (The repository clamps to [0, 1] inputs normalised to [-1, 1]; inputs here are [0, 1]
   pixels with the normalisation inside the model, so the clamp is the pixel box.)"""
   t = m.trained
-  x0 = to_input(jnp.zeros((1, *m.train_x.shape[1:]), jnp.uint8))
-  layers = tuple(n for n in nac.perturbed_layers(t.model, x0) if n != "features")
+  layers = tuple(n for n in m.perturbed_layers if n != "features")
   fn = jax.tree_util.Partial(_layer_features_of(t.model, layers), t.variables())
   train_feats = map_batches(lambda xb: fn(to_input(xb)), m.train.x, batch_size=256)
   stats = {n: distances.fit_mahalanobis(train_feats[n], m.train.labels, m.num_classes)

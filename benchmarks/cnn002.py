@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import row, setting, timeit
+from benchmarks.common import row, setting, timeit, timeit_interleaved
 from ncg_jax import models, neighbors
 from ncg_jax.train import losses
 from ncg_jax.train.trainer import make_train_step
@@ -47,7 +47,7 @@ def torch_cnn002(params, num_classes):
   return net
 
 
-def model_rows(batch: int, repeat: int):
+def model_rows(batch: int, repeat: int, rounds: int = 5):
   import torch
   k = 9
   model = models.create("cnn002", k)
@@ -103,12 +103,14 @@ def model_rows(batch: int, repeat: int):
     lossf(net(xt), yt).backward()
     opt.step()
 
-  tj = {"forward": timeit(fwd, params, x, repeat=repeat),
-        "forward+backward (params)": timeit(grad_p, params, x, repeat=repeat),
-        "forward+backward (input)": timeit(grad_x, params, x, repeat=repeat),
-        "train step": timeit(jax_step, repeat=repeat)}
-  tt = {"forward": timeit(t_fwd, repeat=repeat), "forward+backward (params)": timeit(t_grad_p, repeat=repeat),
-        "forward+backward (input)": timeit(t_grad_x, repeat=repeat), "train step": timeit(t_step, repeat=repeat)}
+  jax_fns = {"forward": lambda: fwd(params, x), "forward+backward (params)": lambda: grad_p(params, x),
+             "forward+backward (input)": lambda: grad_x(params, x), "train step": jax_step}
+  torch_fns = {"forward": t_fwd, "forward+backward (params)": t_grad_p,
+               "forward+backward (input)": t_grad_x, "train step": t_step}
+  tj, tt = {}, {}
+  for name in jax_fns:  # each figure: both frameworks in alternating rounds
+    both = timeit_interleaved({"jax": jax_fns[name], "torch": torch_fns[name]}, repeat=repeat, rounds=rounds)
+    tj[name], tt[name] = both["jax"], both["torch"]
   print(f"\nCNN002, batch {batch}, identical weights (max |logit diff| {err:.1e}), "
         f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads)\n{setting()}\n")
@@ -139,12 +141,13 @@ def nn_rows(n_db: int, n_q: int, dim: int):
 def main():
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--batch", type=int, default=128)
-  ap.add_argument("--repeat", type=int, default=10)
+  ap.add_argument("--repeat", type=int, default=10, help="calls per round")
+  ap.add_argument("--rounds", type=int, default=5, help="alternating ncg_jax / PyTorch rounds")
   ap.add_argument("--threads", type=int, default=os.cpu_count())
   args = ap.parse_args()
   import torch
   torch.set_num_threads(args.threads)
-  model_rows(args.batch, args.repeat)
+  model_rows(args.batch, args.repeat, args.rounds)
   nn_rows(50_000, 2_000, 784)
 
 

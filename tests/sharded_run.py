@@ -3,10 +3,7 @@ devices JAX sees, and saves the results; tests/test_sharding.py runs it on 1 and
 devices and compares."""
 import sys
 
-from ncg_jax import xla_cpu
-
-xla_cpu.configure()
-
+import ncg_jax  # noqa: F401  (XLA:CPU settings before JAX starts)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -3,19 +3,63 @@ the same batch, beside PyTorch re-implementations of the procedures users would 
 run (written for this benchmark): the original ODIN and GradNorm loops (one image at a
 time) and OpenOOD v1.5's batched ODIN and per-sample GradNorm.
 
-python -m benchmarks.detect [--batch 256] [--loop_images 64]
+ODIN is measured through ncg_jax's CNN002 and through the same network written as plain
+Flax (`nn.Conv`, `nn.max_pool`) and passed as a function, as a notebook user would; and,
+in a second process started with NCG_JAX_KEEP_XLA_DEFAULTS=1, with XLA's CPU defaults (what
+a user gets when JAX ran before ncg_jax was imported).
+
+python -m benchmarks.detect [--batch 256] [--loop_images 64] [--no_defaults_run]
 """
 import argparse
+import os
+import subprocess
+import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import row, setting, timeit
+from benchmarks.common import row, setting, timeit, timeit_interleaved
 from benchmarks.cnn002 import torch_cnn002
-from ncg_jax import detect, models
+from ncg_jax import detect, models, xla_cpu
 from ncg_jax.detect import nac
 from ncg_jax.models import Trained
+
+
+class PlainCNN002(nn.Module):
+  """CNN002 as a user would write it in plain Flax (no ncg_jax layers)."""
+  num_classes: int = 9
+
+  @nn.compact
+  def __call__(self, x):
+    for f in (32, 32):
+      x = nn.relu(nn.Conv(f, (3, 3), padding="VALID")(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    for f in (64, 64):
+      x = nn.relu(nn.Conv(f, (3, 3), padding="VALID")(x))
+    x = nn.max_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(200)(nn.relu(nn.Dense(200)(x))))
+    return nn.Dense(self.num_classes)(x)
+
+
+def odin_rows(batch: int, repeat: int) -> dict:
+  """Forward and ODIN through ncg_jax's CNN002 and through the plain Flax network."""
+  x = jnp.asarray(np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32))
+  model = models.create("cnn002", 9)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, 9))
+  plain = PlainCNN002()
+  pvars = plain.init(jax.random.key(0), x[:1])
+  own_fn = Trained(model, params, {}).logits_fn()
+  plain_fn = lambda xx: plain.apply(pvars, xx)
+  own_fwd = jax.jit(lambda xx: model.apply({"params": params}, xx)[0])
+  plain_fwd = jax.jit(plain_fn)
+  return timeit_interleaved({
+      "forward (logits)": lambda: own_fwd(x), "ODIN": lambda: detect.odin(own_fn, x),
+      "plain Flax forward": lambda: plain_fwd(x),
+      "plain Flax ODIN (logits_fn=lambda x: net.apply(v, x))": lambda: detect.odin(plain_fn, x)},
+      repeat=max(1, repeat // 2), rounds=4)
 
 
 def jax_rows(batch: int, repeat: int):
@@ -38,7 +82,6 @@ def jax_rows(batch: int, repeat: int):
   layers = ("block1", "block2", "features")
   nac_params = {l: {"alpha": 1.0, "M": 50, "O": 5} for l in layers}
   tables = nac.fit(nac.pooled_states(model, {"params": params}, train_x, layers), nac_params)
-  logits_fn = trained.logits_fn()
 
   def with_fwd(op):
     f = jax.jit(lambda x: op(*fwd(x)))
@@ -50,7 +93,6 @@ def jax_rows(batch: int, repeat: int):
       "Energy": with_fwd(lambda z, h: detect.energy(z)),
       "GradNorm (closed form)": with_fwd(lambda z, h: detect.gradnorm_linear(head, h, include_bias=False)),
       "GradNorm (autodiff, vmap)": with_fwd(lambda z, h: detect.gradnorm(detect.linear_head, head, h)),
-      "ODIN": lambda: detect.odin(logits_fn, x),
       "Mahalanobis": with_fwd(lambda z, h: detect.mahalanobis(maha, h)),
       "ReAct": with_fwd(lambda z, h: detect.react(detect.linear_head, head, h, thr)),
       "ViM": with_fwd(lambda z, h: detect.vim(vim_stats, detect.linear_head, head, h)),
@@ -125,27 +167,55 @@ def torch_rows(params, batch: int, loop_images: int, repeat: int):
   }
 
 
+def print_odin(t: dict, batch: int, label: str):
+  print(row("detector", "images/s", "x its network's forward"))
+  print(row("---", "---", "---"))
+  for own, name in ((True, "forward (logits)"), (True, "ODIN"), (False, "plain Flax forward"),
+                    (False, "plain Flax ODIN (logits_fn=lambda x: net.apply(v, x))")):
+    fwd = t["forward (logits)" if own else "plain Flax forward"]
+    print(row(f"{label} {name}", f"{batch / t[name]:,.0f}", f"{t[name] / fwd:.1f}"))
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--batch", type=int, default=256)
   ap.add_argument("--loop_images", type=int, default=64)
   ap.add_argument("--repeat", type=int, default=10)
   ap.add_argument("--threads", type=int, default=2)
+  ap.add_argument("--odin_only", action="store_true", help="print the ODIN table only")
+  ap.add_argument("--no_defaults_run", action="store_true",
+                  help="skip the second process with XLA's CPU defaults")
   args = ap.parse_args()
+  b = args.batch
+  to = odin_rows(b, args.repeat)
+  if args.odin_only:
+    print(f"{setting()}\n")
+    print_odin(to, b, "ncg_jax")
+    return
   import torch
   torch.set_num_threads(args.threads)
-  tj, params = jax_rows(args.batch, args.repeat)
-  tt = torch_rows(params, args.batch, args.loop_images, args.repeat)
-  b = args.batch
-  fwd = tj["forward (logits)"] / b
+  tj, params = jax_rows(b, args.repeat)
+  tt = torch_rows(params, b, args.loop_images, args.repeat)
+  fwd = to["forward (logits)"] / b
   print(f"\nCNN002, batch {b}, jax {jax.__version__} ({jax.default_backend()}), "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads)\n{setting()}\n")
+  print_odin(to, b, "ncg_jax")
+  print()
   print(row("detector", "images/s", "x ncg_jax forward"))
   print(row("---", "---", "---"))
   for name, t in tj.items():
     print(row(f"ncg_jax {name}", f"{b / t:,.0f}", f"{t / b / fwd:.1f}"))
   for name, t in tt.items():
     print(row(f"PyTorch {name}", f"{1 / t:,.0f}", f"{t / fwd:.1f}"))
+  if not args.no_defaults_run:
+    print("\nThe same ODIN table with XLA's CPU defaults (NCG_JAX_KEEP_XLA_DEFAULTS=1: what a "
+          "notebook gets when JAX ran before `import ncg_jax`):", flush=True)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if xla_cpu.USER_XLA_FLAGS is not None:
+      env["XLA_FLAGS"] = xla_cpu.USER_XLA_FLAGS
+    subprocess.run([sys.executable, "-m", "benchmarks.detect", "--odin_only", f"--batch={b}",
+                    f"--repeat={args.repeat}"], check=True,
+                   env={**env, "NCG_JAX_KEEP_XLA_DEFAULTS": "1"})
 
 
 if __name__ == "__main__":

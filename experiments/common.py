@@ -12,22 +12,18 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from ncg_jax import xla_cpu
-
-xla_cpu.configure()  # before any JAX computation: see ncg_jax/xla_cpu.py
-
-from ncg_jax import data, recipes, sharding  # noqa: E402
-from ncg_jax.registry import ConfigError  # noqa: E402
-from ncg_jax.train.checkpoint import CheckpointError  # noqa: E402
-from ncg_jax.train.losses import AttackConfig  # noqa: E402
-from ncg_jax.spaces import RunSpec  # noqa: E402,F401 (part of ExperimentConfig)
-from ncg_jax.train.trainer import TrainConfig, TrainingDiverged  # noqa: E402
+from ncg_jax import data, recipes, sharding  # first ncg_jax import: XLA:CPU settings (xla_cpu.py)
+from ncg_jax.registry import ConfigError
+from ncg_jax.train.checkpoint import CheckpointError
+from ncg_jax.train.losses import AttackConfig
+from ncg_jax.spaces import RunSpec  # noqa: F401 (part of ExperimentConfig)
+from ncg_jax.train.trainer import TrainConfig, TrainingDiverged
 
 flags.DEFINE_string("dataset", "digitswo9", "<base> or <base>wo<k>, e.g. digitswo9.")
 flags.DEFINE_string("model", "cnn002", "Network for pixel space (see ncg_jax.models).")
-flags.DEFINE_string("losses", "ce,trades6,advce",
-                    "Comma-separated training losses: ce, trades<beta> (e.g. trades6), advce; "
-                    "or names of imported runs (python -m ncg_jax.models.import_weights).")
+flags.DEFINE_list("losses", ["ce", "trades6", "advce"],
+                  "Training losses: ce, trades<beta> (e.g. trades6), advce; or names of imported "
+                  "runs (python -m ncg_jax.models.import_weights).")
 flags.DEFINE_string("feature_network", "ce", "The pixel-space run (a loss or an imported run) "
                     "whose penultimate features are the feature space.")
 flags.DEFINE_string("workdir", "workdir", "Where runs (checkpoints) and results live.")
@@ -66,8 +62,18 @@ flags.DEFINE_string("feature_optimizer", None, "Feature heads' optimizer (defaul
 flags.DEFINE_integer("feature_batch_size", None, "Feature heads' batch size (default: recipe).")
 flags.DEFINE_integer("feature_epochs", None, "Feature heads' epochs (default: recipe).")
 flags.DEFINE_list("feature_eps", None, "Robust feature heads' radii (default: --eps).")
+flags.DEFINE_bool("tensorboard", False, "Also write training curves as TensorBoard events in "
+                  "<run>/tensorboard (needs tensorboardX: pip install 'ncg_jax[tensorboard]').")
+flags.DEFINE_integer("robust_n", 1000, "ID test examples (a seeded sample) on which robust "
+                     "accuracy is measured (experiments.ncg, .robustness); 0 skips it.")
 
 FLAGS = flags.FLAGS
+
+# Flags that shape training: entry points that only load trained runs reject them (`run`).
+TRAINING_FLAGS = ("losses", "feature_network", "epochs", "batch_size", "lr", "optimizer",
+                  "precision", "augment", "attack_steps", "attack_step_size", "feature_layer",
+                  "feature_width", "feature_lr", "feature_optimizer", "feature_batch_size",
+                  "feature_epochs", "feature_eps", "tensorboard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +93,8 @@ class ExperimentConfig:
   feature_network: str = "ce"  # the run (label) whose features are the feature space
   feature_layer: str | None = None  # None: the architecture's (models.feature_layer)
   feature_width: int = 256
+  spaces: tuple[str, ...] = ("pixel", "feature")  # --space
+  robust_n: int = 1000  # ID test examples for robust accuracy; 0 skips it
 
 
 def _override(cfg: TrainConfig, **kw) -> TrainConfig:
@@ -96,14 +104,16 @@ def _override(cfg: TrainConfig, **kw) -> TrainConfig:
   return dataclasses.replace(cfg, **kw)
 
 
-def config_from_flags(dataset: str | None = None) -> ExperimentConfig:
-  """`dataset` replaces --dataset (experiments.corrupted passes the clean name of `<name>-c`)."""
+def config_from_flags(dataset: str | None = None,
+                      loss_names: tuple[str, ...] | None = None) -> ExperimentConfig:
+  """`dataset` replaces --dataset (experiments.corrupted passes the clean name of `<name>-c`),
+  `loss_names` --losses (experiments.train passes its one --loss)."""
   from ncg_jax import models, neighbors
   from ncg_jax.train import losses, optim
   dataset = dataset or FLAGS.dataset
   base, _ = data.parse_name(dataset)
   models.MODELS.lookup(FLAGS.model)
-  loss_names = tuple(s.strip() for s in FLAGS.losses.split(",") if s.strip())
+  loss_names = loss_names or tuple(s.strip() for s in FLAGS.losses if s.strip())
   if not loss_names:
     raise ConfigError(f"--losses is empty; valid: {', '.join(losses.LOSSES.names())}")
   eps = _floats("eps", FLAGS.eps)
@@ -124,6 +134,8 @@ def config_from_flags(dataset: str | None = None) -> ExperimentConfig:
   neighbors.resolve_backend(FLAGS.nn_backend)
   if FLAGS.feature_optimizer is not None:
     optim.OPTIMIZERS.lookup(FLAGS.feature_optimizer)
+  if FLAGS.robust_n < 0:
+    raise ConfigError("--robust_n must be 0 (skip) or positive")
   for name in ("epochs", "batch_size", "feature_epochs", "feature_batch_size", "feature_width"):
     if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
       raise ConfigError(f"--{name} must be at least 1")
@@ -144,18 +156,20 @@ def config_from_flags(dataset: str | None = None) -> ExperimentConfig:
                       f"({', '.join(labels)}) nor {losses.NATURAL}")
   pixel = _override(recipes.pixel(base), augment=FLAGS.augment, epochs=FLAGS.epochs,
                     batch_size=FLAGS.batch_size, lr=FLAGS.lr, optimizer=FLAGS.optimizer,
-                    seed=FLAGS.seed, precision=FLAGS.precision)
+                    seed=FLAGS.seed, precision=FLAGS.precision, tensorboard=FLAGS.tensorboard)
   feature = _override(recipes.feature(base), epochs=FLAGS.feature_epochs,
                       batch_size=FLAGS.feature_batch_size, lr=FLAGS.feature_lr,
                       optimizer=FLAGS.feature_optimizer, seed=FLAGS.seed,
-                      precision=FLAGS.precision)
+                      precision=FLAGS.precision, tensorboard=FLAGS.tensorboard)
   return ExperimentConfig(
       dataset=dataset, model=FLAGS.model, runs=pixel_runs,
       feature_runs=specs(trainable, feature_eps, None), workdir=FLAGS.workdir,
       data_dir=FLAGS.data_dir, seed=FLAGS.seed, nn_backend=FLAGS.nn_backend,
       pixel=pixel, feature=feature, attack=attack(eps[0]), flags=own_flags(),
       feature_network=FLAGS.feature_network, feature_layer=FLAGS.feature_layer,
-      feature_width=FLAGS.feature_width or recipes.feature_width(base))
+      feature_width=FLAGS.feature_width or recipes.feature_width(base),
+      spaces=("pixel", "feature") if FLAGS.space == "both" else (FLAGS.space,),
+      robust_n=FLAGS.robust_n)
 
 
 def _floats(name: str, values: list[str]) -> tuple[float, ...]:
@@ -166,6 +180,7 @@ def _floats(name: str, values: list[str]) -> tuple[float, ...]:
   if not out or min(out) <= 0:
     raise ConfigError(f"--{name} needs positive radii")
   return out
+
 
 
 def own_flags() -> dict:
@@ -246,14 +261,26 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def run(main) -> None:
-  """app.run with user errors as one line on stderr: bad input exits 2, a failed run 1."""
+def reject_unused(unused: tuple[str, ...], why: str) -> None:
+  """A shared flag given on the command line to an entry point that does not use it is an
+  error (one line, exit 2), not silently ignored."""
+  given = [f"--{n}" for n in unused if FLAGS[n].present]
+  if given:
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    prog = spec.name if spec else os.path.basename(sys.argv[0])
+    raise ConfigError(f"{', '.join(given)}: not used by {prog} ({why})")
+
+
+def run(main, unused: tuple[str, ...] = (), why: str = "") -> None:
+  """app.run with user errors as one line on stderr: bad input exits 2, a failed run 1.
+  `unused`: shared flags this entry point does not read (`why` says why), rejected if given."""
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)  # keep library INFO chatter (orbax, faiss) out
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen
     if FLAGS.multihost:
       sharding.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
+      reject_unused(unused, why)
       main(argv)
     except ConfigError as e:
       print(f"error: {e}", file=sys.stderr)

@@ -14,6 +14,7 @@ ttest_ind_from_stats); the Pearson r of cells' mean neighbour distance and accur
 per run.
 Writes corrupted.json, corrupted.md and corrupted_ncg_vs_severity.png beside the runs.
 """
+import dataclasses
 import os
 import time
 
@@ -21,13 +22,19 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from ncg_jax import data, ncg, neighbors, plots, runs
+from ncg_jax import data, ncg, neighbors, plots
 from ncg_jax.spaces import build_spaces
 from ncg_jax.train.losses import NATURAL
 from ncg_jax.data import corruptions
 
-flags.DEFINE_string("corruptions", None, "Comma-separated corruptions (default: all of the family).")
+flags.DEFINE_list("corruptions", None, "Corruptions to run (default: all of the family).")
 FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class CorruptedConfig:
+  experiment: common.ExperimentConfig  # the clean dataset's models, spaces, seed
+  corruptions: tuple[str, ...] | None = None  # None: every corruption of the family
 
 ALPHA = 0.05
 
@@ -83,14 +90,15 @@ def table(summary: dict) -> str:
   return "\n".join(rows)
 
 
-def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], chosen=None, log=print) -> dict:
+def run(config: CorruptedConfig, log=print) -> dict:
   t_start = time.perf_counter()
+  cfg = config.experiment
   ds = data.load(cfg.dataset, cfg.data_dir)
-  family = corruptions.cells(ds, cfg.data_dir, chosen, seed=cfg.seed)
+  family = corruptions.cells(ds, cfg.data_dir, config.corruptions, seed=cfg.seed)
   out_dir = common.results_dir(cfg)
   log(f"{cfg.dataset}: {len(ds.train)} train, K={ds.num_classes}; {cfg.dataset}-c: "
       f"{len(family)} cells ({len({c.corruption for c in family})} corruptions)")
-  built = build_spaces(cfg, ds.train, ds.num_classes, spaces, log)
+  built = build_spaces(cfg, ds.train, ds.num_classes, cfg.spaces, log)
   cells = {space: [] for space in built}
   for i, cell in enumerate(family):
     t0 = time.perf_counter()
@@ -129,10 +137,10 @@ def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], chosen=None, log=
 
 def main(argv):
   del argv
-  spaces = runs.SPACES if FLAGS.space == "both" else (FLAGS.space,)
-  chosen = [c.strip() for c in FLAGS.corruptions.split(",") if c.strip()] if FLAGS.corruptions else None
-  run(common.config_from_flags(dataset=corruptions.base_name(FLAGS.dataset)), spaces, chosen)
+  chosen = tuple(c.strip() for c in FLAGS.corruptions if c.strip()) if FLAGS.corruptions else None
+  run(CorruptedConfig(common.config_from_flags(dataset=corruptions.base_name(FLAGS.dataset)),
+                      chosen or None))
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, unused=("robust_n",), why="it measures clean accuracy per corruption cell")

@@ -353,5 +353,7 @@ def main(argv):
   parse_ood(cfg.ood)
   run(cfg)
 
+
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, unused=common.TRAINING_FLAGS + ("norm", "eps", "space", "nn_backend", "robust_n"),
+             why="it scores trained or imported runs; nothing is trained or attacked")

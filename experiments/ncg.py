@@ -28,11 +28,9 @@ from ncg_jax.spaces import Space, build_spaces
 from ncg_jax.registry import ConfigError
 from ncg_jax.train import losses
 
-flags.DEFINE_string("held_out", None, "'all' or comma-separated classes k: run the job on "
-                    "<dataset>wo<k> for each (--dataset names the base) and summarise the sweep "
-                    "as the paper's Table 1 (chi-square per class, mean +- SEM over classes).")
-flags.DEFINE_integer("robust_n", 1000, "ID test examples (a seeded sample) on which robust "
-                     "accuracy is measured; 0 skips it.")
+flags.DEFINE_list("held_out", None, "'all' or classes k: run the job on <dataset>wo<k> for "
+                  "each (--dataset names the base) and summarise the sweep as the paper's "
+                  "Table 1 (chi-square per class, mean +- SEM over classes).")
 FLAGS = flags.FLAGS
 
 NATURAL = losses.NATURAL
@@ -100,14 +98,13 @@ def assess(sp: Space, run: str, ds: data.Dataset, queries_test: np.ndarray,
   return out, test_pred
 
 
-def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], robust_n: int = 1000,
-        log=print) -> dict:
+def run(cfg: common.ExperimentConfig, log=print) -> dict:
   t_start = time.perf_counter()
   ds = common.load_heldout(cfg)
   out_dir = common.results_dir(cfg)
   log(f"{cfg.dataset}: {len(ds.train)} train, {len(ds.test)} test, {len(ds.ood)} OOD "
       f"(class {ds.held_out}), K={ds.num_classes}")
-  built = build_spaces(cfg, ds.train, ds.num_classes, spaces, log)
+  built = build_spaces(cfg, ds.train, ds.num_classes, cfg.spaces, log)
   results = {"flags": cfg.flags, "versions": common.versions(),
              "dataset": {"name": ds.name, "held_out": ds.held_out, "num_classes": ds.num_classes,
                          "train": len(ds.train), "test": len(ds.test), "ood": len(ds.ood),
@@ -135,7 +132,7 @@ def run(cfg: common.ExperimentConfig, spaces: tuple[str, ...], robust_n: int = 1
       ood_pred = sp.predict(run_name, ds.ood.x, ood_q)
       quality, test_pred = assess(sp, run_name, ds, test_q,
                                   cfg.attack if space == "pixel" else feature_attack,
-                                  robust_n, cfg.seed, log)
+                                  cfg.robust_n, cfg.seed, log)
       summary = ncg.summarize(ood_pred, ood_nn_y, ood_dist[:, 0], ds.num_classes)
       noise_pred = sp.predict(run_name, noise, noise_q)
       results["spaces"][space][run_name] = {
@@ -197,11 +194,8 @@ def sweep(base: str, classes: list[int], results: dict[int, dict], model: str) -
 
 def main(argv):
   del argv
-  spaces = runs.SPACES if FLAGS.space == "both" else (FLAGS.space,)
-  if FLAGS.robust_n < 0:
-    raise ConfigError("--robust_n must be 0 (skip) or positive")
   if not FLAGS.held_out:
-    run(common.config_from_flags(), spaces, FLAGS.robust_n)
+    run(common.config_from_flags())
     return
   base = FLAGS.dataset
   k_total = data.num_classes(base)
@@ -209,15 +203,16 @@ def main(argv):
     data.parse_name(base)  # a clear error for unknown names
     k_total = data.load(base, FLAGS.data_dir).num_classes
   try:
-    classes = (list(range(k_total)) if FLAGS.held_out == "all"
-               else [int(k) for k in FLAGS.held_out.split(",")])
+    classes = (list(range(k_total)) if FLAGS.held_out == ["all"]
+               else [int(k) for k in FLAGS.held_out])
   except ValueError:
-    raise ConfigError(f"--held_out={FLAGS.held_out}: 'all' or comma-separated class indices") from None
+    raise ConfigError(f"--held_out={','.join(FLAGS.held_out)}: 'all' or comma-separated class "
+                      "indices") from None
   configs = {k: common.config_from_flags(dataset=data.held_out_name(base, k)) for k in classes}
   results = {}
   for i, (k, cfg) in enumerate(configs.items()):
     print(f"=== held-out class {k} ({i + 1}/{len(configs)}) ===")
-    results[k] = run(cfg, spaces, FLAGS.robust_n)
+    results[k] = run(cfg)
   summary, md = sweep(base, classes, results, FLAGS.model)
   out_dir = runs.seed_dir(FLAGS.workdir, base, FLAGS.model, FLAGS.seed)
   common.write_tables(out_dir, "ncg_sweep", {"flags": common.own_flags(), "classes": classes,

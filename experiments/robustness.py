@@ -17,6 +17,7 @@ paper's by default (9 binary-search steps x 10,000 iterations, abort test every 
 budget of the README's measured run. Writes robustness.json, robustness.md and robustness_hist.png beside the NCG
 results.
 """
+import dataclasses
 import os
 import time
 
@@ -37,8 +38,23 @@ flags.DEFINE_integer("cw_max_iterations", 10000, "CW-L2 iterations per binary-se
 flags.DEFINE_float("cw_initial_const", 1e-3, "CW-L2 initial trade-off constant (paper: 1e-3).")
 flags.DEFINE_integer("cw_batch_size", 100, "Images per CW-L2 batch (the paper's 100); "
                      "progress is printed after each.")
-flags.DEFINE_integer("robust_n", 1000, "ID test images for robust accuracy; 0 skips it.")
 FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class CWBudget:
+  """Carlini-Wagner L2's budget (`attacks.cw_l2`'s arguments; defaults: the paper's)."""
+  binary_search_steps: int = 9
+  max_iterations: int = 10000
+  initial_const: float = 1e-3
+  batch_size: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustnessConfig:
+  experiment: common.ExperimentConfig  # dataset, model, seed, workdir, robust_n, attack eps
+  cw: CWBudget = CWBudget()
+  n_samples: int = 300  # training neighbours attacked per run
 
 
 def table(rows: dict) -> str:
@@ -73,8 +89,9 @@ def cw_in_chunks(logits_fn, x, y, cw: dict, log=print, name: str = ""):
   return np.concatenate(advs), np.concatenate(oks)
 
 
-def run(cfg: common.ExperimentConfig, cw: dict, n_samples: int, robust_n: int = 1000,
-        log=print) -> dict:
+def run(config: RobustnessConfig, log=print) -> dict:
+  cfg, n_samples, robust_n = config.experiment, config.n_samples, config.experiment.robust_n
+  cw = dataclasses.asdict(config.cw)
   ds = common.load_heldout(cfg)
   found = common.pixel_runs(cfg)
   out_dir = common.results_dir(cfg)
@@ -131,12 +148,15 @@ def run(cfg: common.ExperimentConfig, cw: dict, n_samples: int, robust_n: int = 
 
 def main(argv):
   del argv
-  cw = dict(binary_search_steps=FLAGS.cw_binary_search_steps, max_iterations=FLAGS.cw_max_iterations,
-            initial_const=FLAGS.cw_initial_const, batch_size=FLAGS.cw_batch_size)
-  if FLAGS.n_samples < 1:
-    raise ConfigError("--n_samples must be at least 1")
-  run(common.config_from_flags(), cw, FLAGS.n_samples, FLAGS.robust_n)
+  cw = CWBudget(binary_search_steps=FLAGS.cw_binary_search_steps,
+                max_iterations=FLAGS.cw_max_iterations, initial_const=FLAGS.cw_initial_const,
+                batch_size=FLAGS.cw_batch_size)
+  if FLAGS.n_samples < 1 or min(cw.binary_search_steps, cw.max_iterations, cw.batch_size) < 1:
+    raise ConfigError("--n_samples, --cw_binary_search_steps, --cw_max_iterations and "
+                      "--cw_batch_size must be at least 1")
+  run(RobustnessConfig(common.config_from_flags(), cw, FLAGS.n_samples))
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, unused=common.TRAINING_FLAGS + ("space",),
+             why="it attacks the trained pixel-space runs it finds in --workdir")

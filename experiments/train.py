@@ -23,9 +23,11 @@ def run(cfg: common.ExperimentConfig) -> None:
 
 def main(argv):
   del argv
-  FLAGS.losses = FLAGS.loss
-  run(common.config_from_flags())
+  run(common.config_from_flags(loss_names=(FLAGS.loss,)))
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, unused=("losses", "feature_network", "feature_layer", "feature_width",
+                           "feature_lr", "feature_optimizer", "feature_batch_size",
+                           "feature_epochs", "feature_eps", "space", "nn_backend", "robust_n"),
+             why="it trains one pixel-space model with --loss")

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from ncg_jax import sharding
+from ncg_jax.progress import Progress
 
 
 def train_batches(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
@@ -34,20 +35,24 @@ def take(rows, idx):
   return rows.subset(idx) if hasattr(rows, "subset") else rows[np.asarray(idx)]
 
 
-def map_batches(fn: Callable, *arrays, batch_size: int = 512, with_mask: bool = False):
+def map_batches(fn: Callable, *arrays, batch_size: int = 512, with_mask: bool = False,
+                label: str = "batches"):
   """Applies a jitted `fn` to fixed-size batches of `arrays` (rows aligned), split over the
   devices (each process feeds its rows), and returns its outputs (a pytree of arrays)
   concatenated over all rows, padding removed. With `with_mask`, `fn` also receives the
   batch's validity mask as its last argument (padding rows are False).
 
   `arrays` may be anything indexable by an index array (`data.imagesets.LazyImages` decodes
-  on demand): the next batch is read on a background thread while the devices run this one."""
+  on demand): the next batch is read on a background thread while the devices run this one.
+  A loop longer than 10 s reports its progress on stderr under `label` (`ncg_jax.progress`)."""
   n = len(arrays[0])
   bs = sharding.round_batch(min(batch_size, n))
   pos = sharding.local(np.arange(bs))  # this process's positions in every batch
   plan = list(eval_batches(n, bs))
   read = lambda idx, mask: [a[idx[pos]] for a in arrays] + ([mask[pos]] if with_mask else [])
   outs = []
+  progress = Progress(label, n, "rows")
+  sync = lambda: jax.block_until_ready(outs[-1])
   with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
     ahead = pool.submit(read, *plan[0])
     for i in range(len(plan)):
@@ -56,6 +61,8 @@ def map_batches(fn: Callable, *arrays, batch_size: int = 512, with_mask: bool = 
         ahead = pool.submit(read, *plan[i + 1])
       batch = sharding.shard(*local)
       outs.append(fn(*batch) if isinstance(batch, tuple) else fn(batch))
+      progress.update(int(plan[i][1].sum()), sync)
+  progress.close(sync)
   outs = sharding.to_host(outs)
   masks = [m for _, m in plan]
   return jax.tree.map(lambda *xs: np.concatenate([x[m] for x, m in zip(xs, masks)]), *outs)

@@ -8,7 +8,6 @@ null by the chance agreement sum_c p_pred(c) p_nn(c), which accounts for imbalan
 predictions and neighbour labels.
 """
 import numpy as np
-from scipy import stats
 
 
 def ncg_score(pred: np.ndarray, nn_label: np.ndarray) -> float:
@@ -19,6 +18,7 @@ def ncg_score(pred: np.ndarray, nn_label: np.ndarray) -> float:
 
 
 def _chisquare(match: np.ndarray, p_match: float) -> dict:
+  from scipy import stats
   n = match.size
   observed = np.array([n - match.sum(), match.sum()], dtype=np.float64)
   expected = np.array([n * (1.0 - p_match), n * p_match])
@@ -53,6 +53,7 @@ def ncg_vs_distance(pred: np.ndarray, nn_label: np.ndarray, nn_dist: np.ndarray,
                     n_bins: int = 5) -> dict:
   """NCG in `n_bins` equal-count bins of neighbour distance (the paper's Fig. 5):
   mean ± SEM of the match indicator per bin, with the bins' distance ranges."""
+  from scipy import stats
   match = (np.asarray(pred) == np.asarray(nn_label)).astype(np.float64)
   order = np.argsort(np.asarray(nn_dist), kind="stable")
   bins = np.array_split(order, n_bins)
@@ -84,6 +85,7 @@ def conditional_accuracy(pred: np.ndarray, label: np.ndarray, nn_label: np.ndarr
   Welch t-test (`ttest_ind(equal_var=False, alternative="greater")`) of the per-example
   correctness of the first group against the second. For labelled OOD-ish inputs such as
   corrupted test images. NaN statistics where a group has fewer than two examples."""
+  from scipy import stats
   correct = (np.asarray(pred) == np.asarray(label)).astype(np.float64)
   holds = np.asarray(pred) == np.asarray(nn_label)
   a, b = correct[holds], correct[~holds]
@@ -99,6 +101,7 @@ def paired_summary(robust: np.ndarray, natural: np.ndarray) -> dict:
   """Robust-minus-natural difference and robust/natural ratio over matched cells (e.g.
   corruption x severity), each as mean and standard error of the mean (`scipy.stats.sem`),
   as the paper's Table 4."""
+  from scipy import stats
   robust, natural = np.asarray(robust, np.float64), np.asarray(natural, np.float64)
   diff = robust - natural
   with np.errstate(divide="ignore", invalid="ignore"):
@@ -115,6 +118,7 @@ def slope_vs_severity(severity: np.ndarray, robust: np.ndarray, natural: np.ndar
   (`scipy.stats.linregress`) for the robust and the natural model, and the two slopes
   compared with `ttest_ind_from_stats` (each slope's standard deviation taken as its
   standard error times sqrt(n), n = the number of levels)."""
+  from scipy import stats
   severity = np.asarray(severity, np.float64)
   fit_r = stats.linregress(severity, np.asarray(robust, np.float64))
   fit_n = stats.linregress(severity, np.asarray(natural, np.float64))
@@ -128,6 +132,7 @@ def slope_vs_severity(severity: np.ndarray, robust: np.ndarray, natural: np.ndar
 
 def distance_accuracy_correlation(mean_dist: np.ndarray, accuracy: np.ndarray) -> dict:
   """Pearson r (and its p-value) between cells' mean neighbour distance and accuracy."""
+  from scipy import stats
   if len(mean_dist) < 3:
     return {"r": float("nan"), "pvalue": float("nan"), "n": int(len(mean_dist))}
   res = stats.pearsonr(np.asarray(mean_dist, np.float64), np.asarray(accuracy, np.float64))
@@ -136,6 +141,7 @@ def distance_accuracy_correlation(mean_dist: np.ndarray, accuracy: np.ndarray) -
 
 def mean_sem(values) -> dict:
   """Mean and standard error over, e.g., held-out classes (the paper's Table 1 rows)."""
+  from scipy import stats
   v = np.asarray(values, np.float64)
   return {"mean": float(v.mean()), "sem": float(stats.sem(v)) if len(v) > 1 else float("nan"),
           "n": int(len(v))}

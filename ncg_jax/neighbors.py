@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ncg_jax.progress import Progress
 from ncg_jax.registry import ConfigError
 
 BACKENDS = ("auto", "faiss", "jax")
@@ -80,8 +81,12 @@ def _faiss_search(db: np.ndarray, q: np.ndarray, k: int, query_block: int = 6553
     index = faiss.index_cpu_to_all_gpus(index, options)
   index.add(db)
   # queries in chunks: the [chunk, k] results are all that grows with the query count
-  return np.concatenate([index.search(q[s:s + query_block], k)[1]
-                         for s in range(0, len(q), query_block)])
+  progress, out = Progress(f"{k}-NN search (faiss) in {len(db):,} x {db.shape[1]}", len(q), "queries"), []
+  for s in range(0, len(q), query_block):
+    out.append(index.search(q[s:s + query_block], k)[1])
+    progress.update(len(out[-1]))
+  progress.close()
+  return np.concatenate(out)
 
 
 def _scan_topk(q_QxD, db_NxBxD, n_valid, offset0, k: int):
@@ -94,7 +99,7 @@ def _scan_topk(q_QxD, db_NxBxD, n_valid, offset0, k: int):
     best_d, best_i = carry
     db_BxD, offset = xs
     db_sq = jnp.where(offset + jnp.arange(block) < n_valid, jnp.sum(db_BxD * db_BxD, axis=1), jnp.inf)
-    d = q_sq - 2.0 * jnp.dot(q_QxD, db_BxD.T, precision=lax.Precision.HIGHEST) + db_sq
+    d = q_sq - 2.0 * jnp.dot(q_QxD, db_BxD.T, precision=lax.Precision.HIGHEST) + db_sq[None]
     neg, i = lax.top_k(-d, k)
     return _merge(best_d, best_i, -neg, i + offset, k), None
 
@@ -164,9 +169,12 @@ def _jax_search(db: np.ndarray, q: np.ndarray, k: int, query_block: int,
     put = jnp.asarray
   _, query_block = _balanced(len(q), query_block)
   out = np.empty((len(q), k), np.int64)
+  progress = Progress(f"{k}-NN search in {n:,} x {d}", len(q), "queries")
   for s in range(0, len(q), query_block):
     chunk = q[s:s + query_block]
     # every call has one shape (one compilation): the last chunk is padded
     idx = search(put(_pad_rows(chunk, query_block)), db_j, n)
     out[s:s + len(chunk)] = sharding.to_host(idx)[:len(chunk)]
+    progress.update(len(chunk))
+  progress.close()
   return out

@@ -1,20 +1,23 @@
-"""Figures written by the experiments (matplotlib, Agg backend, PNG)."""
-import matplotlib
+"""Figures written by the experiments (PNG). matplotlib's object API without pyplot: no
+global backend is set (a notebook keeps its own) and matplotlib is imported only when a
+figure is drawn."""
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _subplots(n: int, figsize, **kw):
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots(1, n, squeeze=False, **kw)
 
 
 def _save(fig, path: str, dpi: int) -> None:
   from ncg_jax import sharding
   sharding.write_file(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
-  plt.close(fig)
 
 
 def ncg_vs_distance(curves: dict[str, dict[str, dict]], path: str, title: str) -> None:
   """curves[space][run] = ncg.ncg_vs_distance(...) output; one panel per space."""
   spaces = list(curves)
-  fig, axes = plt.subplots(1, len(spaces), figsize=(5 * len(spaces), 4), squeeze=False)
+  fig, axes = _subplots(len(spaces), (5 * len(spaces), 4))
   for ax, space in zip(axes[0], spaces):
     for run, c in curves[space].items():
       ax.errorbar(c["dist_mean"], c["mean"], yerr=c["sem"], marker="o", capsize=3, label=run)
@@ -46,8 +49,7 @@ def radius_histograms(rows: dict[str, dict], path: str, title: str) -> None:
   values = values[values > 0]
   lo, hi = (np.log10(values.min()), np.log10(values.max())) if values.size else (-1.0, 1.0)
   bins = np.logspace(lo, hi + 1e-9, 30)
-  fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.6), squeeze=False,
-                           sharey=True, sharex=True)
+  fig, axes = _subplots(len(runs), (4.5 * len(runs), 3.6), sharey=True, sharex=True)
   for ax, run in zip(axes[0], runs):
     ax.hist(rows[run]["radii"], bins=bins, alpha=0.6, label="robustness radius (CW-L2)")
     ax.hist(rows[run]["ood_dist"], bins=bins, alpha=0.6, label="OOD-to-neighbour distance")
@@ -65,7 +67,7 @@ def radius_histograms(rows: dict[str, dict], path: str, title: str) -> None:
 def roc_curves(curves: dict[str, dict[str, tuple]], path: str, title: str) -> None:
   """curves[run][detector] = (fpr, tpr); one panel per run."""
   runs = list(curves)
-  fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 4.2), squeeze=False)
+  fig, axes = _subplots(len(runs), (4.5 * len(runs), 4.2))
   for ax, run in zip(axes[0], runs):
     for det, (fpr, tpr) in curves[run].items():
       ax.plot(fpr, tpr, label=det, lw=1.2)
@@ -84,7 +86,7 @@ def ncg_vs_severity(curves: dict[str, dict[str, dict]], path: str, title: str) -
   """curves[space][run] = {severity: {"mean", "sem"}}: NCG (mean +- SEM over corruptions)
   against corruption severity, one line per run, one panel per space."""
   spaces = list(curves)
-  fig, axes = plt.subplots(1, len(spaces), figsize=(5 * len(spaces), 4), squeeze=False)
+  fig, axes = _subplots(len(spaces), (5 * len(spaces), 4))
   for ax, space in zip(axes[0], spaces):
     for run, by_sev in curves[space].items():
       sev = sorted(by_sev, key=int)

@@ -1,10 +1,12 @@
 import os
 
-import pytest
+# implicit rank promotion is an error in the tests and in the entry points they run
+# (subprocesses inherit the variable); set before JAX is imported
+os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
 
-from ncg_jax import xla_cpu
+import pytest  # noqa: E402
 
-xla_cpu.configure()  # the same XLA:CPU setting as the entry points
+import ncg_jax  # noqa: E402,F401  (its XLA:CPU settings, as in the entry points)
 
 
 @pytest.fixture(scope="session")

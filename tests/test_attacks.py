@@ -27,7 +27,7 @@ def linear_problem(d=100, k=5, n=400, seed=0):
         l2[i] = margin / np.linalg.norm(dw)
         delta = -l2[i] * dw / np.linalg.norm(dw)
     inbox[i] = np.all((x[i] + delta > 0.02) & (x[i] + delta < 0.98)) and linf[i] < 0.25
-  return (lambda xa: xa @ W + b), x, y, l2, linf, inbox
+  return (lambda xa: xa @ W + b[None]), x, y, l2, linf, inbox
 
 
 def linear_case(norm: str, seed: int):

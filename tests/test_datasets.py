@@ -162,6 +162,7 @@ TINY = ["--model=wrn_10_1", "--epochs=1", "--batch_size=16", "--losses=ce,trades
         "--attack_steps=2", "--feature_epochs=1", "--feature_batch_size=16"]
 
 
+@pytest.mark.slow
 def test_cifar10wo0_ncg_and_detect_on_mock_data(tmp_path):
   p = _mocked(80, "experiments.ncg", "--dataset=cifar10wo0", *TINY, "--robust_n=0",
               f"--workdir={tmp_path}")
@@ -187,6 +188,7 @@ def test_cifar10wo0_ncg_and_detect_on_mock_data(tmp_path):
   assert "near (mean)" in (out / "detect_summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_mnistwo9_ncg_on_mock_data(tmp_path):
   p = _mocked(64, "experiments.ncg", "--dataset=mnistwo9", "--model=cnn002", "--epochs=1",
               "--batch_size=16", "--losses=ce", "--feature_epochs=1", "--feature_batch_size=16",
@@ -196,6 +198,7 @@ def test_mnistwo9_ncg_on_mock_data(tmp_path):
   assert res["dataset"]["held_out"] == 9 and res["dataset"]["num_classes"] == 9
 
 
+@pytest.mark.slow
 def test_cifar10_c_corrupted_on_mock_data(tmp_path):
   p = _mocked(48, "experiments.corrupted", "--dataset=cifar10-c", *TINY,
               "--corruptions=gaussian_noise,frost", f"--workdir={tmp_path}")

@@ -44,7 +44,7 @@ def test_odin_on_a_linear_model_matches_the_closed_form(temperature, epsilon):
   b = rng.normal(size=4)
   x = rng.random((25, 6))
   std = np.array([0.2, 0.3, 0.25, 0.5, 0.4, 0.3])
-  f = lambda xx: xx @ jnp.asarray(w, jnp.float32) + jnp.asarray(b, jnp.float32)
+  f = lambda xx: xx @ jnp.asarray(w, jnp.float32) + jnp.asarray(b, jnp.float32)[None]
   # d/dx CE(z/T, yhat) = W (softmax(z/T) - onehot(yhat)) / T
   z = x @ w + b
   yhat = z.argmax(1)

@@ -67,6 +67,7 @@ def config(tmp_path, **kw):
   return detect_exp.DetectConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_openood_cifar10_benchmark_on_a_synthetic_tree(tmp_path):
   root = str(tmp_path / "openood")
   counts = {"id_train": 40, "id_val": 20, "id_test": 20, "ood_val": 20}  # two batch shapes
@@ -106,6 +107,7 @@ def test_openood_cifar10_benchmark_on_a_synthetic_tree(tmp_path):
   assert b.ood["mnist"][[0]].shape == (1, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_all_class_detect_with_folder_and_npz_sets_and_odin_tuning(tmp_path):
   save_random_run(tmp_path / "wd", "digits", "cnn002", 10, (28, 28, 1))
   write_images(str(tmp_path / "svhn" / "a"), 40, (32, 32), "RGB", 1)  # nested, RGB -> grey

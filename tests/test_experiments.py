@@ -25,6 +25,7 @@ def test_bad_input_exits_2_with_one_line(args, msg, data_dir, tmp_path):
   assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_ncg_end_to_end_and_reproducible(data_dir, tmp_path):
   args = ["--dataset=digitswo9", "--model=cnn002", "--epochs=2", "--losses=ce,trades6",
           "--attack_steps=2", "--feature_epochs=2", f"--data_dir={data_dir}"]
@@ -66,6 +67,7 @@ def test_ncg_end_to_end_and_reproducible(data_dir, tmp_path):
   assert a["spaces"] == b["spaces"]  # same seed, same numbers
 
 
+@pytest.mark.slow
 def test_train_entry_point_resumes_an_interrupted_run(data_dir, tmp_path):
   import shutil
   args = ["--dataset=digitswo9", "--loss=ce", "--epochs=2", f"--data_dir={data_dir}",
@@ -81,12 +83,17 @@ def test_train_entry_point_resumes_an_interrupted_run(data_dir, tmp_path):
   assert p.stdout.strip().splitlines()[-1] == acc  # same final model
 
 
+@pytest.mark.slow
 def test_robustness_experiment_on_a_tiny_budget(data_dir, tmp_path):
-  common = [f"--data_dir={data_dir}", f"--workdir={tmp_path}", "--epochs=2"]
+  common = [f"--data_dir={data_dir}", f"--workdir={tmp_path}"]
   p = run_module("experiments.robustness", *common)
   assert p.returncode == 2 and "no trained pixel-space runs" in p.stderr
+  p = run_module("experiments.robustness", *common, "--epochs=2", "--lr=0.1")  # trains nothing
+  assert p.returncode == 2 and p.stderr.strip() == (
+      "error: --epochs, --lr: not used by experiments.robustness (it attacks the trained pixel-space runs "
+      "it finds in --workdir)")
   for loss in ("ce", "advce"):
-    p = run_module("experiments.train", *common, f"--loss={loss}", "--attack_steps=2")
+    p = run_module("experiments.train", *common, "--epochs=2", f"--loss={loss}", "--attack_steps=2")
     assert p.returncode == 0, p.stderr[-3000:]
   p = run_module("experiments.robustness", *common, "--n_samples=12", "--cw_batch_size=8",
                  "--robust_n=30",
@@ -135,6 +142,7 @@ def test_a_run_that_did_not_learn_is_flagged_and_warned_about(digits9, capsys, m
   assert "warning: pixel/advce-l2-eps2 not robust" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_held_out_sweep_summarises_classes_as_table_1(data_dir, tmp_path):
   p = run_module("experiments.ncg", "--dataset=digits", "--held_out=8,9", "--losses=ce",
                  "--epochs=2", "--space=pixel", "--robust_n=0", f"--data_dir={data_dir}",

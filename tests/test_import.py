@@ -168,6 +168,7 @@ def test_command_errors_are_one_line_exit_2(tmp_path):
   assert proc.returncode == 2 and "source 'torchvision' has no layout for --arch=cnn002" in proc.stderr
 
 
+@pytest.mark.slow
 def test_experiments_use_imported_runs_by_name(data_dir, tmp_path):
   """An imported classifier is scored by experiments.ncg and .corrupted like a trained one:
   its predictions are the PyTorch twin's, and feature space is its own penultimate layer."""

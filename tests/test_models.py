@@ -53,12 +53,13 @@ def test_max_pool_matches_flax_values_and_gradient():
 
 
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
-def test_conv2d_matches_lax_values_and_both_gradients(padding):
+@pytest.mark.parametrize("in_channels,kernel", [(1, 3), (3, 5), (8, 3)])
+def test_conv2d_matches_lax_values_and_both_gradients(padding, in_channels, kernel):
   from jax import lax
   from ncg_jax.models.layers import conv2d
   jax.config.update("jax_default_matmul_precision", "highest")
-  x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
-  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+  x = jax.random.normal(jax.random.key(0), (2, 9, 7, in_channels))
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, in_channels, 5))
   ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), padding,
                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_allclose(conv2d(x, w, padding), ref(x, w), rtol=1e-5, atol=1e-5)

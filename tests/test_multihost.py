@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from ncg_jax import runs
 
@@ -16,6 +17,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_training_agrees_with_one_process(digits9, data_dir, tmp_path):
   root = os.path.dirname(os.path.dirname(__file__))
   common = [sys.executable, "-m", "experiments.train", "--dataset=digitswo9", "--epochs=2",

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def run_on(devices: int, tmp_path) -> dict:
@@ -17,6 +18,7 @@ def run_on(devices: int, tmp_path) -> dict:
   return dict(np.load(out))
 
 
+@pytest.mark.slow
 def test_training_attack_detector_and_neighbours_agree_across_device_counts(tmp_path):
   one, four = run_on(1, tmp_path), run_on(4, tmp_path)
   assert one["devices"] == 1 and four["devices"] == 4

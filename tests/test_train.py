@@ -20,14 +20,33 @@ def leaves(trained):
   return [np.asarray(x) for x in jax.tree.leaves(trained.params)]
 
 
+def _scalars(log_dir) -> dict:
+  """{tag: [(step, value)]} from the TensorBoard event files in `log_dir`, read as the
+  TFRecord framing (8-byte length, 4-byte CRC, Event proto, 4-byte CRC) by hand."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(log_dir.iterdir()):
+    raw = path.read_bytes()
+    pos = 0
+    while pos < len(raw):
+      (n,) = struct.unpack("<Q", raw[pos:pos + 8])
+      event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
+
+
 def test_resume_equals_uninterrupted_run(digits9, tmp_path):
   split = small(digits9)
   model = models.create("cnn002", 9)
-  full = train(model, split, CFG, str(tmp_path / "full"), log=lambda s: None)
+  board = dataclasses.replace(CFG, tensorboard=True)
+  full = train(model, split, board, str(tmp_path / "full"), log=lambda s: None)
   train(model, split, dataclasses.replace(CFG, epochs=1), str(tmp_path / "resumed"),
         log=lambda s: None)
-  msgs = []
-  resumed = train(model, split, CFG, str(tmp_path / "resumed"), log=msgs.append)
+  msgs = []  # switching TensorBoard on for the rest of a run is allowed
+  resumed = train(model, split, board, str(tmp_path / "resumed"), log=msgs.append)
   assert any("resuming" in m for m in msgs)
   assert any("img/s" in m and "left" in m for m in msgs)  # progress a person can follow
   import json
@@ -36,6 +55,10 @@ def test_resume_equals_uninterrupted_run(digits9, tmp_path):
   assert lines[1]["lr"] == pytest.approx(CFG.lr * 0.1)  # the x0.1 milestone at epoch 1
   assert all(r["images_per_s"] > 0 and np.isfinite(r["loss"]) for r in lines)
   assert (tmp_path / "resumed" / "metrics.jsonl").read_text().count("\n") == 2
+  events = _scalars(tmp_path / "full" / "tensorboard")
+  assert [step for step, _ in events["train/loss"]] == [1, 2]
+  np.testing.assert_allclose([v for _, v in events["train/loss"]], [r["loss"] for r in lines], rtol=1e-6)
+  assert [step for step, _ in _scalars(tmp_path / "resumed" / "tensorboard")["train/lr"]] == [2]
   for a, b in zip(leaves(full), leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   # training moved the parameters (the test above is not vacuous)

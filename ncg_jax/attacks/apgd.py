@@ -212,5 +212,5 @@ def robust_accuracy_over(trained, x: np.ndarray, y: np.ndarray, *, eps, norm: st
   fn, key = trained.logits_fn(), jax.random.key(seed)
   per = map_batches(lambda xb, yb: robust_accuracy(fn, to_input(xb), yb, eps=eps, norm=norm,
                                                    key=key, clip=clip, **settings),
-                    x, y, batch_size=batch_size)
+                    x, y, batch_size=batch_size, label=f"robust accuracy ({norm} {eps:g})")
   return {k: float(np.mean(v)) for k, v in per.items()}

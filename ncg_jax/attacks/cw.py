@@ -111,4 +111,4 @@ def cw_l2(logits_fn: Callable, x, y, *, binary_search_steps: int = 9,
                                    max_iterations=max_iterations, learning_rate=learning_rate,
                                    initial_const=initial_const, confidence=confidence,
                                    abort_early=abort_early),
-      x, y, batch_size=batch_size, with_mask=True)
+      x, y, batch_size=batch_size, with_mask=True, label="CW-L2")

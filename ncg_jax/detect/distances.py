@@ -8,14 +8,20 @@ h^T P h - 2 h^T P mu_c + mu_c^T P mu_c, O(B D^2 + B D C), never a [B, B] product
 KNN (Sun et al., ICML 2022): features L2-normalised; score = minus the L2 distance to the
 k-th nearest normalised training feature, searched with `ncg_jax.neighbors`.
 """
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ncg_jax import neighbors
+from ncg_jax.batching import map_batches
+from ncg_jax.detect import metrics
 from ncg_jax.functional import as_partial
+from ncg_jax.models.trained import to_input
 
 
 def fit_mahalanobis(features, labels, num_classes: int) -> dict:
@@ -209,3 +215,63 @@ def fit_ensemble_weights(scores_id: np.ndarray, scores_ood: np.ndarray) -> dict:
 
 def mahalanobis_ensemble(weights: dict, layer_scores):
   return jnp.asarray(layer_scores) @ weights["weights"] + weights["bias"]
+
+
+ENSEMBLE_EPSILONS = (0.0, 0.01, 0.005, 0.002, 0.0014, 0.001, 0.0005)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleFit:
+  """A fitted Mahalanobis layer ensemble: `layer_fn(x) -> {layer: [B, C]}` (a `Partial`),
+  per-layer class statistics, the chosen preprocessing magnitude and the regression."""
+  layer_fn: Any
+  stats: dict
+  epsilon: float
+  weights: dict
+
+
+def fit_mahalanobis_ensemble(layer_fn, logits_fn, train_x, train_y, num_classes: int,
+                             id_x, id_y, *, epsilons=ENSEMBLE_EPSILONS,
+                             batch_size: int = 256) -> EnsembleFit:
+  """Lee et al.'s layer ensemble as the GradNorm repository tunes it
+  (`tune_mahalanobis_hyperparameter.py`): class statistics per layer (spatial means of each
+  map) on the training images; the ID images `id_x` (1,000 there) split in halves, each with
+  an FGSM copy clip(x + 0.05 sign(grad CE), 0, 1) as the "OOD" class; for every magnitude in
+  `epsilons` a logistic regression is fitted on the first half's pairs and its FPR95
+  measured on the second's; the magnitude with the lowest FPR95 keeps its regression. No OOD
+  data is used. (The repository clamps to [0, 1] inputs normalised to [-1, 1]; inputs here
+  are [0, 1] pixels with the normalisation inside the model, so the clamp is the pixel box.)
+  Images are uint8 or [0, 1] floats."""
+  layer_fn, logits_fn = as_partial(layer_fn), as_partial(logits_fn)
+  feats = map_batches(lambda xb: layer_fn(to_input(xb)), train_x, batch_size=batch_size,
+                      label="layer features")
+  stats = {n: fit_mahalanobis(f, train_y, num_classes) for n, f in feats.items()}
+
+  @jax.jit
+  def fgsm(xb, yb):
+    xb = to_input(xb)
+    g = jax.grad(lambda xx: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
+        logits_fn(xx), yb)))(xb)
+    return jnp.clip(xb + 0.05 * jnp.sign(g), 0.0, 1.0)
+
+  x_adv = map_batches(fgsm, id_x, np.asarray(id_y, np.int32), batch_size=batch_size)
+  half = len(id_x) // 2
+  best = None
+  for eps in epsilons:
+    per = lambda a: np.asarray(map_batches(lambda xb: ensemble_layer_scores(
+        layer_fn, stats, to_input(xb), epsilon=eps), a, batch_size=batch_size))
+    s_in, s_adv = per(id_x), per(x_adv)
+    w = fit_ensemble_weights(s_in[:half], s_adv[:half])
+    fpr = metrics.evaluate(mahalanobis_ensemble(w, s_in[half:]),
+                           mahalanobis_ensemble(w, s_adv[half:]))["fpr95"]
+    if best is None or fpr < best[0]:
+      best = (fpr, eps, w)
+  return EnsembleFit(layer_fn, stats, best[1], best[2])
+
+
+def mahalanobis_ensemble_scores(fit: EnsembleFit, x, batch_size: int = 256) -> np.ndarray:
+  """The fitted ensemble's score of every image of `x` (uint8 or [0, 1] floats)."""
+  per_layer = map_batches(lambda xb: ensemble_layer_scores(
+      fit.layer_fn, fit.stats, to_input(xb), epsilon=fit.epsilon), x, batch_size=batch_size,
+      label="Mahalanobis ensemble")
+  return np.asarray(mahalanobis_ensemble(fit.weights, per_layer))

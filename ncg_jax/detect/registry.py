@@ -16,10 +16,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ncg_jax.batching import map_batches, take
-from ncg_jax.detect import distances, gradients, metrics, nac, scores
+from ncg_jax.detect import distances, gradients, nac, scores
 from ncg_jax.models.trained import Trained, logits_and_features, to_input
 from ncg_jax.registry import Registry
 
@@ -38,7 +37,8 @@ class FunctionNetwork:
     return jax.jit(lambda x: (self.logits_fn(x), self.features_fn(x)))
 
   def outputs(self, x, batch_size: int = 512):
-    return map_batches(lambda xb: self._both(to_input(xb)), x, batch_size=batch_size)
+    return map_batches(lambda xb: self._both(to_input(xb)), x, batch_size=batch_size,
+                       label="logits, features and NAC states")
 
 
 @dataclasses.dataclass(eq=False)
@@ -197,7 +197,7 @@ def _odin(model: Model, s: Inputs, hp: dict):
   fn = model.network.logits_fn() if model.trained is not None else model.network.logits_fn
   return map_batches(lambda xb: gradients.odin(fn, to_input(xb), temperature=hp["temperature"],
                                                epsilon=hp["epsilon"], input_std=model.input_std),
-                     s.x, batch_size=256)
+                     s.x, batch_size=256, label="ODIN")
 
 
 _register("odin", lambda st, s, hp: _odin(st, s, hp), fit=lambda m: m,
@@ -215,53 +215,19 @@ _register("rmds", lambda st, s, hp: _f32(distances.rmds(st, s.features)),
           fit=lambda m: distances.fit_rmds(m.train.features, m.train.labels, m.num_classes),
           aps=False)
 
-ENSEMBLE_EPSILONS = (0.0, 0.01, 0.005, 0.002, 0.0014, 0.001, 0.0005)
-
-
-def _ensemble_fit(m: Model):
-  """Lee et al.'s layer ensemble as the GradNorm repository tunes it
-  (`tune_mahalanobis_hyperparameter.py`): class statistics per layer (spatial means of each
-  perturbed map) on the training subset; 1,000 ID images (the ID-validation set where there
-  is one, else the training subset) split 500 / 500, each with an FGSM copy
-  clip(x + 0.05 sign(grad CE), 0, 1) as the "OOD" class; for every input-preprocessing
-  magnitude a logistic regression is fitted on the first 500 pairs and its FPR95 measured on
-  the other 500; the magnitude with the lowest FPR95 keeps its regression. No OOD data is
-  used. (The repository clamps to [0, 1] inputs normalised to [-1, 1]; inputs here are [0, 1]
-  pixels with the normalisation inside the model, so the clamp is the pixel box.)"""
+def _ensemble_fit(m: Model) -> distances.EnsembleFit:
+  """`distances.fit_mahalanobis_ensemble` on the training subset, with 1,000 seeded ID images
+  (the ID-validation set where there is one, else the training subset) for its tuning."""
   t = m.trained
   layers = tuple(n for n in m.perturbed_layers if n != "features")
   fn = jax.tree_util.Partial(_layer_features_of(t.model, layers), t.variables())
-  train_feats = map_batches(lambda xb: fn(to_input(xb)), m.train.x, batch_size=256)
-  stats = {n: distances.fit_mahalanobis(train_feats[n], m.train.labels, m.num_classes)
-           for n in layers}
   pool = m.val
   idx = np.sort(np.random.default_rng([m.seed, 3]).permutation(len(pool))[:1000])
   x = take(pool.x, idx)
   x = np.asarray(x[np.arange(len(x))]) if not isinstance(x, np.ndarray) else x
   _, y = _labels(pool)
-  y = jnp.asarray(y[idx])
-  logits_fn = t.logits_fn()
-
-  @jax.jit
-  def fgsm(xb, yb):
-    xb = to_input(xb)
-    g = jax.grad(lambda xx: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
-        logits_fn(xx), yb)))(xb)
-    return jnp.clip(xb + 0.05 * jnp.sign(g), 0.0, 1.0)
-
-  x_adv = map_batches(fgsm, x, np.asarray(y), batch_size=256)
-  half = len(idx) // 2
-  best = None
-  for eps in ENSEMBLE_EPSILONS:
-    per = lambda a: map_batches(lambda xb: distances.ensemble_layer_scores(
-        fn, stats, to_input(xb), epsilon=eps), a, batch_size=256)
-    s_in, s_adv = np.asarray(per(x)), np.asarray(per(x_adv))
-    w = distances.fit_ensemble_weights(s_in[:half], s_adv[:half])
-    fpr = metrics.evaluate(distances.mahalanobis_ensemble(w, s_in[half:]),
-                           distances.mahalanobis_ensemble(w, s_adv[half:]))["fpr95"]
-    if best is None or fpr < best[0]:
-      best = (fpr, eps, w)
-  return fn, stats, best[1], best[2]
+  return distances.fit_mahalanobis_ensemble(fn, t.logits_fn(), m.train.x, m.train.labels,
+                                            m.num_classes, x, y[idx])
 
 
 @functools.lru_cache(maxsize=None)
@@ -269,11 +235,8 @@ def _layer_features_of(model, layers):
   return lambda variables, x: distances.layer_features(model, variables, x, layers)
 
 
-def _ensemble(st, s, hp):
-  fn, stats, eps, weights = st
-  per_layer = map_batches(lambda xb: distances.ensemble_layer_scores(
-      fn, stats, to_input(xb), epsilon=eps), s.x, batch_size=256)
-  return _f32(distances.mahalanobis_ensemble(weights, per_layer))
+def _ensemble(st: distances.EnsembleFit, s, hp):
+  return _f32(distances.mahalanobis_ensemble_scores(st, s.x))
 
 
 _register("mahalanobis_ensemble", _ensemble, fit=_ensemble_fit, needs=("module",), aps=False)

@@ -34,7 +34,7 @@ def energy(logits, temperature: float = 1.0):
 
 def linear_head(head_params, features):
   """The model zoo's last layer: Dense named 'head' (kernel [D, C], bias [C])."""
-  return features @ head_params["kernel"] + head_params["bias"]
+  return features @ head_params["kernel"] + head_params["bias"][None]
 
 
 def react_threshold(train_features, percentile: float = 90.0) -> float:
@@ -123,7 +123,7 @@ def fit_vim(train_features, head_params, dim: int) -> dict:
 @functools.partial(jax.jit, static_argnums=(1,))
 def vim(stats, head_fn, head_params, features):
   h = jnp.asarray(features)
-  residual = jnp.linalg.norm((h - stats["u"]) @ stats["ns"], axis=-1)
+  residual = jnp.linalg.norm((h - stats["u"][None]) @ stats["ns"], axis=-1)
   return energy(head_fn(head_params, h)) - stats["alpha"] * residual
 
 
@@ -197,7 +197,7 @@ def dice_mask(train_features, head_params, percentile: float = 90.0) -> np.ndarr
 def dice(head_params, mask, features):
   """Energy of the head with the weights outside `mask` zeroed."""
   kernel = jnp.where(jnp.asarray(mask), head_params["kernel"], 0.0)
-  return energy(jnp.asarray(features) @ kernel + head_params["bias"])
+  return energy(jnp.asarray(features) @ kernel + jnp.asarray(head_params["bias"])[None])
 
 
 def fit_she(train_features, train_logits, train_labels, num_classes: int) -> np.ndarray:
@@ -233,9 +233,9 @@ def fdbd(head_params, denominators, features, train_mean=None):
   boundary; `fdbd_denominators`), divided by ||h - mean_train(h)|| (`train_mean` given) or
   by ||h||. OpenOOD picks between the two normalisers on validation data."""
   h = jnp.asarray(features)
-  z = h @ head_params["kernel"] + head_params["bias"]
+  z = h @ head_params["kernel"] + jnp.asarray(head_params["bias"])[None]
   pred = jnp.argmax(z, axis=-1)
   zp = jnp.take_along_axis(z, pred[:, None], axis=-1)
   ratio = jnp.abs(zp - z) / jnp.asarray(denominators)[pred]
-  norm = jnp.linalg.norm(h - (0.0 if train_mean is None else jnp.asarray(train_mean)), axis=-1)
+  norm = jnp.linalg.norm(h if train_mean is None else h - jnp.asarray(train_mean)[None], axis=-1)
   return jnp.sum(ratio, axis=-1) / norm

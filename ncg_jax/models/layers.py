@@ -76,7 +76,8 @@ class Conv(nn.Module):
     w = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
     y = conv2d(x.astype(self.dtype), w.astype(self.dtype), self.padding)
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+      bias = self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+      y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
     return y
 
 
@@ -86,7 +87,8 @@ def normalize(x: jnp.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -
   the statistics' (e.g. grayscale) use the channel-averaged mean and std."""
   if x.shape[-1] != len(mean):
     mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-  return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
+  per_channel = lambda v: jnp.asarray(v, x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+  return (x - per_channel(mean)) / per_channel(std)
 
 
 def conv(features: int, kernel: int, stride: int = 1, dtype=jnp.float32, name: str | None = None,

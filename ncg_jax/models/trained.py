@@ -88,11 +88,13 @@ def logits_and_features(trained: Trained, x: np.ndarray, batch_size: int = 512):
   """(logits [N, K], penultimate features [N, D]) of `trained` in eval mode."""
   check_shape(trained.input_shape, x.shape[1:])
   fn, variables = _outputs_fn(trained.model), trained.variables()
-  return map_batches(lambda xb: fn(variables, xb), x, batch_size=batch_size)
+  return map_batches(lambda xb: fn(variables, xb), x, batch_size=batch_size,
+                     label="logits and features")
 
 
 def embed(trained: Trained, x: np.ndarray, layer: str = "features", batch_size: int = 512):
   """The intermediate `layer` of `trained` for every row of x, flattened: [N, D]."""
   check_shape(trained.input_shape, x.shape[1:])
   fn, variables = _layer_fn(trained.model, layer), trained.variables()
-  return map_batches(lambda xb: fn(variables, xb), x, batch_size=batch_size)
+  return map_batches(lambda xb: fn(variables, xb), x, batch_size=batch_size,
+                     label=f"features ({layer})")

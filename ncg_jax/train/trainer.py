@@ -38,6 +38,11 @@ class TrainConfig:
   seed: int = 0
   precision: str = "float32"  # or "bfloat16": model compute only; parameters stay float32
   augment: bool = False  # random crop (4-pixel zero padding) + horizontal flip of images
+  tensorboard: bool = False  # also write the epoch metrics as TensorBoard events (tensorboardX)
+
+
+# TrainConfig fields a rerun of the same run may change (they do not shape the model)
+RERUN_MAY_CHANGE = ("epochs", "tensorboard")
 
 
 class TrainingDiverged(RuntimeError):
@@ -94,7 +99,8 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
 
 def _check_config(run_dir: str, cfg: TrainConfig, settings: dict, meta: dict) -> None:
   """Writes config.json; if the run exists, every setting that shapes training (all but
-  `epochs`, which a rerun may extend, and the descriptive `meta`) must match it."""
+  `RERUN_MAY_CHANGE`, e.g. `epochs`, which a rerun may extend, and the descriptive `meta`)
+  must match it."""
   path = os.path.join(run_dir, "config.json")
   record = json.loads(json.dumps({**meta, **dataclasses.asdict(cfg), **settings}))
   if os.path.exists(path):
@@ -102,13 +108,25 @@ def _check_config(run_dir: str, cfg: TrainConfig, settings: dict, meta: dict) ->
       old = json.load(f)
     defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))  # fields added later
     # settings recorded only by later versions (input_shape, fields) are compared when present
-    diff = [k for k in record if k != "epochs" and k not in meta
+    diff = [k for k in record if k not in RERUN_MAY_CHANGE and k not in meta
             and (k in old or k in defaults) and old.get(k, defaults.get(k)) != record[k]]
     if diff:
       raise ConfigError(
           f"{run_dir} holds a run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
           "use another --workdir or delete that run")
   sharding.write_text(path, json.dumps(record, indent=1))
+
+
+def _tensorboard_writer(run_dir: str):
+  """A TensorBoard event writer in <run>/tensorboard (process 0; tensorboardX, which needs
+  no TensorFlow), or None on other processes."""
+  if not sharding.is_writer():
+    return None
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    raise ConfigError("--tensorboard needs tensorboardX: pip install 'ncg_jax[tensorboard]'") from None
+  return SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
 
 def _append_metrics(run_dir: str, record: dict) -> None:
@@ -152,6 +170,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
   step_fn = make_train_step(model, losses.make_loss(cfg.loss, attack), tx, cfg.augment)
   lr_at = optim.schedule(cfg.lr, cfg.milestones, steps)
   t_run = time.perf_counter()
+  board = _tensorboard_writer(run_dir) if cfg.tensorboard else None
   for epoch in range(start, cfg.epochs):
     t0 = time.perf_counter()
     epoch_key = jax.random.fold_in(root, epoch)
@@ -173,9 +192,15 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
               "lr": float(lr_at(epoch * steps)), "images_per_s": steps * cfg.batch_size / seconds,
               "seconds": seconds}
     _append_metrics(run_dir, record)
+    if board is not None:
+      for name in ("loss", "accuracy", "lr", "images_per_s"):
+        board.add_scalar(f"train/{name}", record[name], epoch + 1)
+      board.flush()
     left = (time.perf_counter() - t_run) / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
     log(f"  epoch {epoch + 1:3d}/{cfg.epochs}  loss {record['loss']:.4f}  "
         f"acc {record['accuracy']:.3f}  lr {record['lr']:.2g}  "
         f"{record['images_per_s']:,.0f} img/s  {seconds:.1f}s  ~{left:.0f}s left")
   mngr.wait_until_finished()
+  if board is not None:
+    board.close()
   return Trained(model, state["params"], state["model_state"], data.x.shape[1:])

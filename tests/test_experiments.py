@@ -1,5 +1,6 @@
 """End to end through the real entry points, in subprocesses, on the embedded digits."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from conftest import run_module
     (["--losses=ce,hinge"], "unknown loss or run 'hinge'; losses: ce"),
     (["--precision=float64"], "flag --precision=float64: value should be one of <float32|bfloat16>"),
     (["--eps=2,x"], "--eps=2,x: expected comma-separated numbers"),
+    (["--space=bogus"], "flag --space=bogus: value should be one of <pixel|feature|both>"),
+    (["--robust_n=-1"], "--robust_n must be 0 (skip) or positive"),
 ])
 def test_bad_input_exits_2_with_one_line(args, msg, data_dir, tmp_path):
   p = run_module("experiments.ncg", *args, f"--data_dir={data_dir}", f"--workdir={tmp_path}")
@@ -159,3 +162,23 @@ def test_held_out_sweep_summarises_classes_as_table_1(data_dir, tmp_path):
   p = run_module("experiments.ncg", "--dataset=digitswo9", "--held_out=all",
                  f"--data_dir={data_dir}", f"--workdir={tmp_path}")
   assert p.returncode == 2 and "already holds a class out" in p.stderr
+
+
+@pytest.mark.slow
+def test_corrupted_compiles_nothing_after_its_first_cell(data_dir, tmp_path):
+  """The number of compilations does not grow with the number of corruption cells: every
+  cell after the first runs programs compiled for the first (10 cells, two corruptions)."""
+  import subprocess
+  import sys
+  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_LOG_COMPILES="1")
+  p = subprocess.run([sys.executable, "-m", "experiments.corrupted", "--dataset=digits",
+                      "--corruptions=contrast,pixelate", "--space=pixel", "--losses=ce",
+                      "--epochs=1", f"--data_dir={data_dir}", f"--workdir={tmp_path}"],
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                     cwd=os.path.dirname(os.path.dirname(__file__)), timeout=600)
+  assert p.returncode == 0, p.stdout[-3000:]
+  lines = p.stdout.splitlines()
+  first = next(i for i, l in enumerate(lines) if l.startswith("[1/10] contrast s1"))
+  assert any("Compiling" in l for l in lines[:first])  # the log does show compilations
+  assert [l for l in lines[first:] if "Compiling" in l] == []
+  assert sum(l.startswith("[") and "/10] " in l for l in lines[first:]) == 10

@@ -21,9 +21,11 @@ from ncg_jax import models, sharding
 from ncg_jax.data import Split, dir_name
 from ncg_jax.registry import ConfigError
 from ncg_jax.train import checkpoint, losses, optim
-from ncg_jax.train.trainer import Trained, TrainConfig, train
+from ncg_jax.train.trainer import Trained, TrainConfig, settings, train
 
 SPACES = ("pixel", "feature")
+# TrainConfig fields a rerun of the same run may change (they do not shape the model)
+RERUN_MAY_CHANGE = ("epochs", "tensorboard")
 
 
 def seed_dir(workdir: str, dataset: str, model: str, seed: int) -> str:
@@ -70,8 +72,30 @@ def train_or_load(*, workdir: str, dataset: str, model_name: str, space: str, lo
   directory = run_dir(workdir, dataset, model_name, cfg.seed, space, name)
   log(f"[{space}/{loss}] {arch} on {len(data)} examples -> {directory}")
   model = models.create(arch, num_classes, dtype=jnp.dtype(cfg.precision), **(fields or {}))
-  return train(model, data, cfg, directory, attack=attack,
-               meta={"arch": arch, "space": space}, log=log)
+  write_config(directory, settings(model, data, cfg, attack, arch),
+               meta={"arch": arch, "space": space})
+  return train(model, data, cfg, directory, attack=attack, log=log)
+
+
+def write_config(directory: str, record: dict, meta: dict | None = None) -> None:
+  """Writes <run>/config.json: `record` (`trainer.settings`) and the descriptive `meta`. If
+  the run exists, every setting that shapes training (all but `RERUN_MAY_CHANGE`, e.g.
+  `epochs`, which a rerun may extend, and `meta`) must match it: a mismatch is an error,
+  never a silent resume of another run's checkpoint."""
+  meta = meta or {}
+  path = os.path.join(directory, "config.json")
+  old = read_record(directory)
+  if old is not None:
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))  # fields added later
+    # settings recorded only by later versions (input_shape, fields) are compared when present
+    diff = [k for k in record if k not in RERUN_MAY_CHANGE and k not in meta
+            and (k in old or k in defaults) and old.get(k, defaults.get(k)) != record[k]]
+    if diff:
+      raise ConfigError(
+          f"{directory} holds a run with other settings "
+          f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use another --workdir or "
+          "delete that run")
+  sharding.write_text(path, json.dumps({**meta, **record}, indent=1))
 
 
 def imported_runs(workdir: str, dataset: str, model_name: str, seed: int) -> list[str]:

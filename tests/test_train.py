@@ -118,17 +118,25 @@ def test_unreadable_checkpoint_is_an_error_not_a_retrain(digits9, tmp_path):
 
 
 def test_a_run_with_other_settings_is_an_error_but_other_metadata_is_not(digits9, tmp_path):
+  from ncg_jax import runs
   from ncg_jax.registry import ConfigError
+  from ncg_jax.train.trainer import settings
   split = data.Split(np.random.default_rng(0).normal(size=(128, 20)).astype(np.float32),
                      digits9.train.y[:128])
   model = models.create("mlp", 9)
   run = str(tmp_path / "run")
   one = dataclasses.replace(CFG, epochs=1)
-  train(model, split, one, run, meta={"note": "a"}, log=lambda s: None)
+  runs.write_config(run, settings(model, split, one, arch="mlp"), meta={"note": "a"})
+  train(model, split, one, run, log=lambda s: None)
   with pytest.raises(ConfigError, match="lr=0.05"):
-    train(model, split, dataclasses.replace(one, lr=0.1), run, log=lambda s: None)
+    runs.write_config(run, settings(model, split, dataclasses.replace(one, lr=0.1), arch="mlp"))
+  with pytest.raises(ConfigError, match="fields="):  # another width is another run
+    runs.write_config(run, settings(models.create("mlp", 9, widths=(8, 8, 8)), split, one, arch="mlp"))
+  # a rerun may extend the epochs, switch TensorBoard on and carry other metadata
+  runs.write_config(run, settings(model, split, dataclasses.replace(one, epochs=2, tensorboard=True),
+                                  arch="mlp"), meta={"note": "b"})
   msgs = []
-  train(model, split, one, run, meta={"note": "b"}, log=msgs.append)  # reuses, no retrain
+  train(model, split, one, run, log=msgs.append)  # reuses the checkpoint, no retrain
   assert not any("epoch" in m for m in msgs)
 
 

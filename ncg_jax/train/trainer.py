@@ -41,10 +41,6 @@ class TrainConfig:
   tensorboard: bool = False  # also write the epoch metrics as TensorBoard events (tensorboardX)
 
 
-# TrainConfig fields a rerun of the same run may change (they do not shape the model)
-RERUN_MAY_CHANGE = ("epochs", "tensorboard")
-
-
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -97,26 +93,6 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
   return jax.jit(step, donate_argnums=0)
 
 
-def _check_config(run_dir: str, cfg: TrainConfig, settings: dict, meta: dict) -> None:
-  """Writes config.json; if the run exists, every setting that shapes training (all but
-  `RERUN_MAY_CHANGE`, e.g. `epochs`, which a rerun may extend, and the descriptive `meta`)
-  must match it."""
-  path = os.path.join(run_dir, "config.json")
-  record = json.loads(json.dumps({**meta, **dataclasses.asdict(cfg), **settings}))
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))  # fields added later
-    # settings recorded only by later versions (input_shape, fields) are compared when present
-    diff = [k for k in record if k not in RERUN_MAY_CHANGE and k not in meta
-            and (k in old or k in defaults) and old.get(k, defaults.get(k)) != record[k]]
-    if diff:
-      raise ConfigError(
-          f"{run_dir} holds a run with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
-          "use another --workdir or delete that run")
-  sharding.write_text(path, json.dumps(record, indent=1))
-
-
 def _tensorboard_writer(run_dir: str):
   """A TensorBoard event writer in <run>/tensorboard (process 0; tensorboardX, which needs
   no TensorFlow), or None on other processes."""
@@ -138,17 +114,25 @@ def _append_metrics(run_dir: str, record: dict) -> None:
       f.write(json.dumps(record) + "\n")
 
 
-def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
-          attack: losses.AttackConfig | None = None, meta: dict | None = None,
-          log: Callable[[str], None] = print) -> Trained:
-  """`meta` (JSON-able) is recorded in the run's config.json beside the settings."""
-  settings = {"model": type(model).__name__, "num_examples": len(data),
-              "input_shape": list(data.x.shape[1:])}
-  if meta and meta.get("arch"):
-    settings["fields"] = models.fields_of(model, meta["arch"])
+def settings(model: nn.Module, data: Split, cfg: TrainConfig,
+             attack: losses.AttackConfig | None = None, arch: str | None = None) -> dict:
+  """Everything that shapes a training run, JSON-able: what a run directory's config.json
+  records (`runs.write_config` compares it with an existing run's)."""
+  out = {**dataclasses.asdict(cfg), "model": type(model).__name__, "num_examples": len(data),
+         "input_shape": list(data.x.shape[1:])}
+  if arch:
+    out["fields"] = models.fields_of(model, arch)
   if losses.is_robust(cfg.loss):
-    settings["attack"] = dataclasses.asdict(attack or losses.AttackConfig())
-  _check_config(run_dir, cfg, settings, meta or {})
+    out["attack"] = dataclasses.asdict(attack or losses.AttackConfig())
+  return json.loads(json.dumps(out))
+
+
+def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
+          attack: losses.AttackConfig | None = None,
+          log: Callable[[str], None] = print) -> Trained:
+  """Trains (or resumes from the latest checkpoint in `run_dir/checkpoints`). Whether that
+  checkpoint belongs to a run with the same settings is the run directory's business
+  (`runs.train_or_load` checks config.json first)."""
   root = jax.random.key(cfg.seed)
   params, model_state = models.init(model, root, to_input(jnp.asarray(data.x[:1])))
   steps = train_batches(len(data), cfg.batch_size, cfg.seed, 0).shape[0]

@@ -355,5 +355,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main, unused=common.TRAINING_FLAGS + ("norm", "eps", "space", "nn_backend", "robust_n"),
+  common.run(main, unused=common.TRAINING_FLAGS + ("norm", "eps", "space", "nn_backend",
+                                                   "robust_n"),
              why="it scores trained or imported runs; nothing is trained or attacked")

@@ -81,7 +81,8 @@ def _faiss_search(db: np.ndarray, q: np.ndarray, k: int, query_block: int = 6553
     index = faiss.index_cpu_to_all_gpus(index, options)
   index.add(db)
   # queries in chunks: the [chunk, k] results are all that grows with the query count
-  progress, out = Progress(f"{k}-NN search (faiss) in {len(db):,} x {db.shape[1]}", len(q), "queries"), []
+  progress = Progress(f"{k}-NN search (faiss) in {len(db):,} x {db.shape[1]}", len(q), "queries")
+  out = []
   for s in range(0, len(q), query_block):
     out.append(index.search(q[s:s + query_block], k)[1])
     progress.update(len(out[-1]))

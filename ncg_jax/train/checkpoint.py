@@ -1,26 +1,32 @@
-"""Orbax checkpoints of the train state, one per epoch, with clear errors on bad ones."""
+"""Orbax checkpoints of the train state, one per epoch, with clear errors on bad ones.
+(orbax is imported when a checkpoint is opened: entry points parse their flags first.)"""
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
-import orbax.checkpoint as ocp
+
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be read; never silently retrain over it."""
 
 
-def manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
+def manager(directory: str, keep: int = 2) -> "ocp.CheckpointManager":
+  import orbax.checkpoint as ocp
   return ocp.CheckpointManager(
       os.path.abspath(directory),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
+def save(mngr: "ocp.CheckpointManager", step: int, state: Any) -> None:
+  import orbax.checkpoint as ocp
   mngr.save(step, args=ocp.args.StandardSave(state))
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
+def restore(mngr: "ocp.CheckpointManager", step: int, like: Any) -> Any:
+  import orbax.checkpoint as ocp
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   try:
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract))

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from ncg_jax import data, recipes, sharding  # first ncg_jax import: XLA:CPU settings (xla_cpu.py)
+from ncg_jax import data, recipes, runs, sharding  # first ncg_jax import: XLA:CPU settings
 from ncg_jax.registry import ConfigError
 from ncg_jax.train.checkpoint import CheckpointError
 from ncg_jax.train.losses import AttackConfig
@@ -93,7 +93,7 @@ class ExperimentConfig:
   feature_network: str = "ce"  # the run (label) whose features are the feature space
   feature_layer: str | None = None  # None: the architecture's (models.feature_layer)
   feature_width: int = 256
-  spaces: tuple[str, ...] = ("pixel", "feature")  # --space
+  spaces: tuple[str, ...] = runs.SPACES  # --space
   robust_n: int = 1000  # ID test examples for robust accuracy; 0 skips it
 
 
@@ -118,7 +118,6 @@ def config_from_flags(dataset: str | None = None,
     raise ConfigError(f"--losses is empty; valid: {', '.join(losses.LOSSES.names())}")
   eps = _floats("eps", FLAGS.eps)
   feature_eps = _floats("feature_eps", FLAGS.feature_eps) if FLAGS.feature_eps else eps
-  from ncg_jax import runs
   imported = None
   for name in dict.fromkeys(loss_names + (FLAGS.feature_network,)):
     if name in losses.LOSSES:
@@ -168,7 +167,7 @@ def config_from_flags(dataset: str | None = None,
       pixel=pixel, feature=feature, attack=attack(eps[0]), flags=own_flags(),
       feature_network=FLAGS.feature_network, feature_layer=FLAGS.feature_layer,
       feature_width=FLAGS.feature_width or recipes.feature_width(base),
-      spaces=("pixel", "feature") if FLAGS.space == "both" else (FLAGS.space,),
+      spaces=runs.SPACES if FLAGS.space == "both" else (FLAGS.space,),
       robust_n=FLAGS.robust_n)
 
 
@@ -219,7 +218,6 @@ def write_json(path: str, obj) -> None:
 
 def results_dir(cfg: ExperimentConfig) -> str:
   """Where an experiment writes its results: beside the runs of its dataset/model/seed."""
-  from ncg_jax import runs
   return runs.seed_dir(cfg.workdir, cfg.dataset, cfg.model, cfg.seed)
 
 
@@ -232,7 +230,6 @@ def load_heldout(cfg: ExperimentConfig) -> data.Dataset:
 
 def pixel_runs(cfg: ExperimentConfig) -> dict[str, dict]:
   """Every pixel-space run trained in the workdir for this dataset/model/seed."""
-  from ncg_jax import runs
   found = runs.find(cfg.workdir, cfg.dataset, cfg.model, cfg.seed, "pixel")
   if not found:
     raise ConfigError(f"no trained pixel-space runs for {cfg.dataset}/{cfg.model}/seed{cfg.seed} "

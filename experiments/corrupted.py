@@ -137,9 +137,9 @@ def run(config: CorruptedConfig, log=print) -> dict:
 
 def main(argv):
   del argv
-  chosen = tuple(c.strip() for c in FLAGS.corruptions if c.strip()) if FLAGS.corruptions else None
+  chosen = tuple(c.strip() for c in FLAGS.corruptions or () if c.strip()) or None
   run(CorruptedConfig(common.config_from_flags(dataset=corruptions.base_name(FLAGS.dataset)),
-                      chosen or None))
+                      chosen))
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def run(config: RobustnessConfig, log=print) -> dict:
   rows, hist = {}, {}
   for name, record in found.items():
     trained = runs.load(record, workdir=cfg.workdir, dataset=cfg.dataset, model_name=cfg.model,
-                        data=ds.train, num_classes=ds.num_classes, log=log)
+                        data=ds.train, num_classes=ds.num_classes)
     pred = logits_and_features(trained, ds.train.x[neighbours])[0].argmax(1)
     correct = neighbours[pred == ds.train.y[neighbours]]
     rng = np.random.default_rng(cfg.seed)

@@ -27,7 +27,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main, unused=("losses", "feature_network", "feature_layer", "feature_width",
-                           "feature_lr", "feature_optimizer", "feature_batch_size",
-                           "feature_epochs", "feature_eps", "space", "nn_backend", "robust_n"),
+  common.run(main, unused=tuple(f for f in common.TRAINING_FLAGS if f.startswith("feature"))
+             + ("losses", "space", "nn_backend", "robust_n"),
              why="it trains one pixel-space model with --loss")

@@ -153,11 +153,10 @@ def load_imported(record: dict, directory: str, num_classes: int | None = None) 
 
 
 def load(record: dict, *, workdir: str, dataset: str, model_name: str, num_classes: int,
-         data: Split | None = None, log=print) -> Trained:
+         data: Split | None = None) -> Trained:
   """Restores the finished run described by a `find` record; never trains. An interrupted
   run is a ConfigError naming the command that finishes it. `data` gives the input shape
   of runs whose config.json predates recording it."""
-  del log
   if record.get("imported"):
     return load_imported(record, run_dir(workdir, dataset, model_name, record.get("seed", 0),
                                          "pixel", record["name"]), num_classes)

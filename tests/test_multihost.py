@@ -44,7 +44,7 @@ def test_two_process_training_agrees_with_one_process(digits9, data_dir, tmp_pat
   for name in ("one", "two"):
     record = runs.find(str(tmp_path / name), "digitswo9", "cnn002", 0, "pixel")["ce"]
     t = runs.load(record, workdir=str(tmp_path / name), dataset="digitswo9", model_name="cnn002",
-                  data=digits9.train, num_classes=9, log=lambda s: None)
+                  data=digits9.train, num_classes=9)
     params[name] = [np.asarray(v) for v in jax.tree.leaves(t.params)]
   for a, b in zip(params["one"], params["two"]):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

@@ -18,6 +18,7 @@ softmax(z / T), so `gradnorm_linear` needs no backward pass at all.
 import jax
 import jax.numpy as jnp
 
+from ncg_jax.detect.scores import linear_head
 from ncg_jax.functional import as_partial
 
 
@@ -75,7 +76,7 @@ def gradnorm_linear(head_params, features, *, temperature: float = 1.0,
   (||h||_1 + [include_bias]) * sum_c |C q_c - 1| / T. The original code reads the kernel's
   gradient only (include_bias=False); `gradnorm` sums every leaf it is given."""
   h = jnp.asarray(features, jnp.float32)
-  logits = h @ head_params["kernel"] + jnp.asarray(head_params["bias"])[None]
+  logits = linear_head(head_params, h)
   c = logits.shape[-1]
   q = jax.nn.softmax(logits / temperature, axis=-1)
   dz = jnp.sum(jnp.abs(c * q - 1.0), axis=-1) / temperature

@@ -233,7 +233,7 @@ def fdbd(head_params, denominators, features, train_mean=None):
   boundary; `fdbd_denominators`), divided by ||h - mean_train(h)|| (`train_mean` given) or
   by ||h||. OpenOOD picks between the two normalisers on validation data."""
   h = jnp.asarray(features)
-  z = h @ head_params["kernel"] + jnp.asarray(head_params["bias"])[None]
+  z = linear_head(head_params, h)
   pred = jnp.argmax(z, axis=-1)
   zp = jnp.take_along_axis(z, pred[:, None], axis=-1)
   ratio = jnp.abs(zp - z) / jnp.asarray(denominators)[pred]

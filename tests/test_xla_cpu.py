@@ -19,10 +19,12 @@ x = jnp.ones((64, 28, 28, 1))
 grad = jax.jit(jax.grad(lambda p: model.apply({"params": p}, x)[0].sum()))
 for _ in range(3):
   jax.block_until_ready(grad(params))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+faults = []
+for _ in range(7):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   jax.block_until_ready(grad(params))
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sorted(faults)[3])  # the median call
 print(ncg_jax.xla_cpu.configure())
 """
 
@@ -42,7 +44,9 @@ def test_repeated_calls_reuse_memory_and_defaults_can_be_kept():
   assert "'conv_flag': True" in state and "'freed_memory': True" in state
   faults_default, state_default = _python(FAULTS, NCG_JAX_KEEP_XLA_DEFAULTS="1").stdout.split("\n")[:2]
   assert "'conv_flag': False" in state_default and "'freed_memory': False" in state_default
-  # a CNN002 gradient at batch 64 allocates ~50 MB per call: ~10,000 fresh pages by default
+  # a CNN002 gradient at batch 64 allocates ~50 MB per call: ~10,000 fresh pages by default.
+  # The median call: on a loaded machine an occasional call still faults in ~30 MB (seen
+  # once or twice in 20 calls), which a mean over a few calls would mistake for the default
   assert float(faults) < 200 < float(faults_default)
 
 

@@ -1,10 +1,13 @@
-"""Timing helpers shared by the benchmark scripts."""
+"""Timing and FLOP-counting helpers shared by the benchmark scripts."""
+import math
 import os
 import time
 
 from ncg_jax import xla_cpu  # importing ncg_jax applies its XLA:CPU settings
 
 import jax  # noqa: E402
+import jax.extend  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def setting() -> str:
@@ -45,3 +48,61 @@ def timeit_interleaved(fns: dict, repeat: int = 10, rounds: int = 5, warmup: int
 
 def row(*cells) -> str:
   return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def model_flops(fn, *args) -> float:
+  """The matrix FLOPs of `fn(*args)` counted on its jaxpr (before XLA, dead code removed):
+  2 x the multiply-adds of every `dot_general` and `conv_general_dilated` (padding taps not
+  counted, `_conv_flops`), forward and backward alike, with a `scan`'s
+  body (a `fori_loop` of static length is one) counted once per iteration, a `cond`'s
+  costliest branch, and a `while` loop's body once (its trip count is unknown). Elementwise
+  work is not counted, as in the model-FLOPs convention of PaLM (Chowdhery et al. 2022, app.
+  B). XLA's own cost analysis counts a loop's body once, which hid 9 of TRADES's 10 attack
+  steps; and on GPU it does not see into cuDNN's convolutions at all."""
+  from jax._src.interpreters import partial_eval as pe  # dead-code elimination, as XLA's
+  jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  return _jaxpr_flops(pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0])
+
+
+def _sub_jaxprs(value):
+  if isinstance(value, jax.extend.core.ClosedJaxpr):
+    return [value.jaxpr]
+  if isinstance(value, jax.extend.core.Jaxpr):
+    return [value]
+  if isinstance(value, (tuple, list)):
+    return [j for v in value for j in _sub_jaxprs(v)]
+  return []
+
+
+def _conv_flops(eqn) -> float:
+  """2 x the multiply-adds whose input is a real element, not padding or a hole of a
+  dilated (transposed) input: a gradient's full correlation then counts what its forward
+  convolution does."""
+  lhs, rhs, out = (v.aval.shape for v in (*eqn.invars[:2], eqn.outvars[0]))
+  p = eqn.params
+  lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+  taps = 1
+  for d in range(len(lhs_spec) - 2):
+    n_in, k, n_out = lhs[lhs_spec[2 + d]], rhs[rhs_spec[2 + d]], out[out_spec[2 + d]]
+    a, r, lo = p["lhs_dilation"][d], p["rhs_dilation"][d], p["padding"][d][0]
+    pos = (np.arange(n_out)[:, None] * p["window_strides"][d] + np.arange(k)[None] * r - lo)
+    taps *= int(np.sum((pos >= 0) & (pos <= (n_in - 1) * a) & (pos % a == 0)))
+  return 2.0 * out[out_spec[0]] * out[out_spec[1]] * rhs[rhs_spec[1]] * taps
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+    elif name == "conv_general_dilated":
+      total += _conv_flops(eqn)
+    elif name == "cond":
+      total += max(_jaxpr_flops(b.jaxpr) for b in eqn.params["branches"])
+    else:
+      inner = sum(_jaxpr_flops(j) for v in eqn.params.values() for j in _sub_jaxprs(v))
+      total += inner * (eqn.params["length"] if name == "scan" else 1)
+  return total

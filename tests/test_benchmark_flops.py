@@ -1,0 +1,47 @@
+"""`benchmarks.common.model_flops`, the FLOP count behind the GPU benchmarks' MFU, against
+closed forms and a brute-force count of the multiply-adds that touch a real input."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from benchmarks.common import model_flops
+
+
+def brute_conv_macs(b, h, w, cin, cout, k, stride, pad):
+  """Multiply-adds of a k x k convolution whose input index lands inside the image."""
+  ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+  taps = sum(1 for oy, ox, ky, kx in itertools.product(range(ho), range(wo), range(k), range(k))
+             if 0 <= oy * stride + ky - pad < h and 0 <= ox * stride + kx - pad < w)
+  return b * cin * cout * taps
+
+
+def test_dense_forward_and_gradient():
+  x, w = jnp.ones((8, 64)), jnp.ones((64, 32))
+  assert model_flops(lambda x, w: x @ w, x, w) == 2 * 8 * 64 * 32
+  # value and both gradients: three matrix products of the same size
+  f = jax.value_and_grad(lambda x, w: jnp.sum(x @ w), argnums=(0, 1))
+  assert model_flops(f, x, w) == 3 * 2 * 8 * 64 * 32
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 1), (2, 1), (1, 0)])
+def test_convolution_counts_real_taps_forward_and_backward(stride, pad):
+  x, w = jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 4))
+  conv = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  forward = 2 * brute_conv_macs(2, 9, 9, 3, 4, 3, stride, pad)
+  assert model_flops(conv, x, w) == forward
+  # the data gradient (a transposed, lhs-dilated convolution for stride 2) and the weight
+  # gradient each do the forward's multiply-adds once more
+  grads = jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1))
+  assert model_flops(grads, x, w) == 3 * forward
+
+
+def test_loops_count_every_iteration_and_dead_code_none():
+  w = jnp.ones((16, 16))
+  body = lambda i, v: v @ w
+  assert model_flops(lambda v: lax.fori_loop(0, 10, body, v), jnp.ones((4, 16))) == 10 * 2 * 4 * 16 * 16
+  assert model_flops(lambda v: (v @ w, v)[1], jnp.ones((4, 16))) == 0

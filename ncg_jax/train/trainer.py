@@ -58,6 +58,14 @@ def augment(x_BxHxWxC: jnp.ndarray, key: jax.Array, pad: int = 4) -> jnp.ndarray
   return jnp.where(flip, x[:, :, ::-1], x)
 
 
+def feed(data: Split, idx: np.ndarray):
+  """One training batch on the devices: this process's rows of the batch `idx` gathered from
+  host memory and placed along the mesh's data axis (the transfer runs while the previous
+  step computes: nothing here waits for the devices)."""
+  rows = sharding.local(idx)  # this process reads only its rows of the batch
+  return sharding.shard(data.x[rows], data.y[rows])
+
+
 def make_forward(model: nn.Module) -> Callable:
   """forward(params, model_state, x, train, key) -> (logits, new_model_state)."""
   def forward(params, model_state, x, train: bool = False, key=None):
@@ -160,8 +168,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, run_dir: str,
     epoch_key = jax.random.fold_in(root, epoch)
     metrics = []
     for i, idx in enumerate(train_batches(len(data), cfg.batch_size, cfg.seed, epoch)):
-      rows = sharding.local(idx)  # this process reads only its rows of the batch
-      x, y = sharding.shard(data.x[rows], data.y[rows])
+      x, y = feed(data, idx)
       state, m = step_fn(state, x, y, jax.random.fold_in(epoch_key, i))
       metrics.append(m)
     loss, acc = (np.asarray(v) for v in sharding.to_host(tuple(zip(*metrics))))

@@ -71,6 +71,16 @@ def test_conv2d_matches_lax_values_and_both_gradients(padding, in_channels, kern
   jax.config.update("jax_default_matmul_precision", None)
 
 
+def test_conv_layers_use_the_custom_gradient_on_the_cpu_backend_only(monkeypatch):
+  from ncg_jax.models import layers
+  x, w = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
+  # a new function each time: traces are cached per function
+  traced = lambda: str(jax.make_jaxpr(lambda a, b: layers.conv2d_for_backend(a, b))(x, w))
+  assert jax.default_backend() == "cpu" and "custom_vjp_call" in traced()
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert "custom_vjp_call" not in traced() and "conv_general_dilated" in traced()
+
+
 def test_wrn_40_10_parameter_count_and_shapes():
   model = models.create("wrn_40_10", 10)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))

@@ -59,7 +59,8 @@ def model_flops(fn, *args) -> float:
   work is not counted, as in the model-FLOPs convention of PaLM (Chowdhery et al. 2022, app.
   B). XLA's own cost analysis counts a loop's body once, which hid 9 of TRADES's 10 attack
   steps; and on GPU it does not see into cuDNN's convolutions at all."""
-  from jax._src.interpreters import partial_eval as pe  # dead-code elimination, as XLA's
+  # JAX's private dead-code elimination (benchmarks only), so unused outputs count as in XLA
+  from jax._src.interpreters import partial_eval as pe
   jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
   return _jaxpr_flops(pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0])
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import row, setting, timeit
+from benchmarks.common import TrainSteps, row, setting, timeit
 from ncg_jax import models
 from ncg_jax.train import losses
 from ncg_jax.models import to_input
@@ -45,11 +45,7 @@ def jax_rates(name: str, batch: int, precision: str, repeat: int) -> tuple[float
   tx = optax.sgd(0.01, momentum=0.9)
   step = make_train_step(model, losses.make_loss("ce"), tx)
   s = {"params": params, "model_state": state, "opt": tx.init(params)}
-
-  def run():
-    nonlocal s
-    s, m = step(s, x, y, jax.random.key(0))
-    return m
+  run = TrainSteps(step, s, x, y, jax.random.key(0))
   return batch / t_fwd, batch / timeit(run, repeat=repeat)
 
 

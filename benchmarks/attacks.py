@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import row, setting, timeit
+from benchmarks.common import TrainSteps, row, setting, timeit
 from ncg_jax import models
 from ncg_jax.attacks import cw_l2, pgd
 from ncg_jax.train import losses
@@ -49,11 +49,7 @@ def main():
     fresh = jax.tree.map(jnp.copy, params)  # the step donates its state
     state = {"params": fresh, "model_state": {}, "opt": tx.init(fresh)}
     x_u8 = jnp.asarray((rng.random((b, 28, 28, 1)) * 255).astype(np.uint8))
-
-    def run_step():
-      nonlocal state
-      state, m = step(state, x_u8, y, jax.random.key(1))
-      return m
+    run_step = TrainSteps(step, state, x_u8, y, jax.random.key(1))
     results[f"train step {name}"] = timeit(run_step, repeat=args.repeat)
 
   print(f"\nCNN002, batch {b}, jax {jax.__version__} ({jax.default_backend()})\n{setting()}\n")

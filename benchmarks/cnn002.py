@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import row, setting, timeit, timeit_interleaved
+from benchmarks.common import TrainSteps, row, setting, timeit, timeit_interleaved
 from ncg_jax import models, neighbors
 from ncg_jax.train import losses
 from ncg_jax.train.trainer import make_train_step
@@ -68,11 +68,7 @@ def model_rows(batch: int, repeat: int, rounds: int = 5):
   tx = optax.sgd(0.01, momentum=0.9)
   step = make_train_step(model, losses.make_loss("ce"), tx)
   state = {"params": params, "model_state": {}, "opt": tx.init(params)}
-  key = jax.random.key(0)
-  def jax_step():
-    nonlocal state
-    state, m = step(state, x, y, key)
-    return m
+  jax_step = TrainSteps(step, state, x, y, jax.random.key(0))
 
   net = torch_cnn002(params, k)
   xt = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())

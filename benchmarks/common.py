@@ -46,6 +46,20 @@ def timeit_interleaved(fns: dict, repeat: int = 10, rounds: int = 5, warmup: int
   return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
+class TrainSteps:
+  """A zero-argument callable for the timers: `chain` train steps back to back on one batch,
+  returning the last step's metrics. The step donates its state, so the current one lives
+  here (`.state`) from call to call."""
+
+  def __init__(self, step, state, x, y, key, chain: int = 1):
+    self.step, self.state, self.x, self.y, self.key, self.chain = step, state, x, y, key, chain
+
+  def __call__(self):
+    for _ in range(self.chain):
+      self.state, metrics = self.step(self.state, self.x, self.y, self.key)
+    return metrics
+
+
 def row(*cells) -> str:
   return "| " + " | ".join(str(c) for c in cells) + " |"
 

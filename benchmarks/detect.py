@@ -67,7 +67,6 @@ def jax_rows(batch: int, repeat: int):
   model = models.create("cnn002", k)
   params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
   params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, k))
-  trained = Trained(model, params, {})
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((batch, 28, 28, 1), dtype=np.float32))
   train_x = jnp.asarray(rng.random((1000, 28, 28, 1), dtype=np.float32))

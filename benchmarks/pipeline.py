@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import row, setting, timeit
+from benchmarks.common import TrainSteps, row, setting, timeit
 from ncg_jax import models, recipes, sharding
 from ncg_jax.batching import train_batches
 from ncg_jax.data import Split
@@ -61,13 +61,10 @@ def measure(name: str, batch: int | None, precision: str, steps: int, n: int | N
   s = sharding.replicate({"params": params, "model_state": state, "opt": tx.init(params)})
   x, y = feed(data, plan[0])
 
-  def chain():  # back to back, as the training loop runs them
-    nonlocal s
-    for i in range(len(plan)):
-      s, m = step(s, x, y, jax.random.key(i))
-    return m
+  chain = TrainSteps(step, s, x, y, jax.random.key(0), chain=len(plan))  # back to back
   t_step = timeit(chain, repeat=3) / len(plan)
 
+  s = chain.state
   t0 = time.perf_counter()
   for i, idx in enumerate(plan):
     s, m = step(s, *feed(data, idx), jax.random.key(i))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import model_flops, row, setting, timeit
+from benchmarks.common import TrainSteps, model_flops, row, setting, timeit
 from ncg_jax import models, neighbors
 from ncg_jax.train import losses
 from ncg_jax.train.trainer import make_train_step
@@ -59,12 +59,7 @@ def jax_steps(model_name: str, batch: int, precision: str, repeat: int,
     fresh = jax.tree.map(jnp.copy, params)
     s = {"params": fresh, "model_state": jax.tree.map(jnp.copy, state), "opt": tx.init(fresh)}
     flops = model_flops(step, s, x, y, jax.random.key(0))
-
-    def run():
-      nonlocal s
-      for _ in range(CHAIN):
-        s, m = step(s, x, y, jax.random.key(0))
-      return m
+    run = TrainSteps(step, s, x, y, jax.random.key(0), chain=CHAIN)
     out[name] = (timeit(run, repeat=repeat) / CHAIN, flops)
   return out
 

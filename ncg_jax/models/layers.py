@@ -66,10 +66,11 @@ def conv2d_for_backend(x_BxHxWxI: jnp.ndarray, w_HxWxIxO: jnp.ndarray,
                        padding: str = "VALID") -> jnp.ndarray:
   """`conv2d` when the default backend is the CPU, else XLA's own convolution and gradient.
 
-  On an H100 the custom gradient is no faster (cuDNN's data-gradient kernels take the
-  flipped kernel themselves) and its barrier only adds a copy: WRN-40-10 bf16 batch 128, CE
-  step 6,057 img/s with it and 6,145 without, TRADES 821 and 840, compile 20 s and 6 s
-  (`benchmarks/RESULTS.md`). The choice is made when the model is traced."""
+  On an H100 the custom gradient is no faster (cuDNN runs XLA's data gradient as its own
+  `dgrad` kernels, the custom one as forward kernels on the flipped kernel, in about the same
+  time): WRN-40-10 bf16 batch 128, CE step 6,057 img/s with it and 6,145 without, TRADES 821
+  and 840, compile 20 s and 6 s (`benchmarks/RESULTS.md`). The choice is made when the model
+  is traced."""
   if jax.default_backend() == "cpu":
     return conv2d(x_BxHxWxI, w_HxWxIxO, padding)
   return _conv(x_BxHxWxI, w_HxWxIxO, padding)

@@ -68,6 +68,40 @@ def test_odin_zero_gradient_steps_plus_one():
   assert not np.allclose(ours, softmax(x @ w, axis=1).max(1))
 
 
+def test_pools_as_reshapes_keeps_values_and_gradients_of_flax_pooling():
+  import flax.linen as nn
+  from ncg_jax.functional import pools_as_reshapes
+  inner = jax.jit(lambda h: nn.max_pool(h, (2, 2), (2, 2)))  # nested jit, odd height
+  f = lambda x: jnp.sum(jnp.tanh(inner(x)) * jnp.arange(3.0)[None, None, None]) + jnp.sum(
+      nn.max_pool(x, (3, 3), (2, 2), padding="SAME"))  # windows that overlap: kept as they are
+  g = pools_as_reshapes(f)
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+  np.testing.assert_array_equal(g(x), f(x))
+  np.testing.assert_allclose(jax.grad(g)(x), jax.grad(f)(x), rtol=1e-6, atol=1e-7)
+  prims = str(jax.make_jaxpr(jax.grad(g))(x))
+  assert prims.count("reduce_window_max") == 1 and "reduce_max" in prims
+
+
+def test_odin_through_plain_flax_pooling_equals_odin_from_xla_pooling_gradients():
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.max_pool(nn.relu(nn.Conv(4, (3, 3))(x)), (2, 2), (2, 2))
+      return nn.Dense(5)(x.reshape(x.shape[0], -1))
+
+  net = Net()
+  x = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
+  v = net.init(jax.random.key(2), x)
+  f = lambda xx: net.apply(v, xx)
+  t, eps = 1000.0, 0.0014
+  g = jax.grad(lambda xx: -jnp.sum(jax.nn.log_softmax(f(xx) / t)[jnp.arange(6),
+                                                                   jnp.argmax(f(x), -1)]))(x)
+  ref = jnp.max(jax.nn.softmax(f(x - eps * jnp.where(g >= 0, 1.0, -1.0)) / t), axis=-1)
+  np.testing.assert_array_equal(detect.odin(f, x, temperature=t, epsilon=eps), ref)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 3.0])
 def test_gradnorm_autodiff_equals_closed_form_and_numpy(temperature):
   head, h = linear()

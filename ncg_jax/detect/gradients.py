@@ -19,13 +19,13 @@ import jax
 import jax.numpy as jnp
 
 from ncg_jax.detect.scores import linear_head
-from ncg_jax.functional import as_partial
+from ncg_jax.functional import as_partial, pools_as_reshapes
 
 
 @jax.jit
 def _odin_perturb(logits_fn, x, temperature, epsilon, input_std):
   def loss(xx):
-    logits = logits_fn(xx)
+    logits = pools_as_reshapes(logits_fn)(xx)
     label = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
     return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits / temperature),
                                         label[:, None], axis=-1))
@@ -48,7 +48,11 @@ def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon: float = 0.0014,
   Two compiled programs, the perturbation (forward + input VJP) and the scoring forward: in
   one program XLA:CPU shares the first pass's broadcast biases with the second forward and
   materialises them (four 22 MB broadcasts for CNN002 at batch 256), which made ODIN 8.2x a
-  forward instead of 6.2x (`python -m benchmarks.detect`)."""
+  forward instead of 6.2x (`python -m benchmarks.detect`). The gradient runs through
+  `functional.pools_as_reshapes(logits_fn)`: a user network's `nn.max_pool(x, (2, 2), (2, 2))`
+  differentiates as an elementwise select instead of XLA:CPU's scalar `select_and_scatter`
+  (same values; at an exact tie inside a window the gradient is shared by the tied elements
+  instead of going to the first, so the direction can differ there and only there)."""
   logits_fn = as_partial(logits_fn)
   t = jnp.float32(temperature)
   x_perturbed = _odin_perturb(logits_fn, jnp.asarray(x, jnp.float32), t, jnp.float32(epsilon),

@@ -4,6 +4,18 @@ import os
 # (subprocesses inherit the variable); set before JAX is imported
 os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
 
+# The entry points the tests run as subprocesses share one persistent compilation cache for
+# the session (both xdist workers inherit this variable from the controller, which makes the
+# folder): a program compiled by one run (CNN002's train steps, the attacks) is loaded by the
+# next run that needs it instead of compiled again. Fresh each session; the size limit turns
+# on JAX's file lock, so one process never reads an entry while another writes it.
+if "NCG_JAX_TEST_JIT_CACHE" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  os.environ["NCG_JAX_TEST_JIT_CACHE"] = tempfile.mkdtemp(prefix="ncg_jax_tests_jit_")
+  atexit.register(shutil.rmtree, os.environ["NCG_JAX_TEST_JIT_CACHE"], True)
+
 import pytest  # noqa: E402
 
 import ncg_jax  # noqa: E402,F401  (its XLA:CPU settings, as in the entry points)
@@ -21,10 +33,19 @@ def digits9(data_dir):
   return data.load("digitswo9", data_dir)
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+  """The environment of an entry point run by a test: unbuffered output and the session's
+  compilation cache (above)."""
+  return dict(os.environ, PYTHONUNBUFFERED="1",
+              JAX_COMPILATION_CACHE_DIR=os.environ["NCG_JAX_TEST_JIT_CACHE"],
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_COMPILATION_CACHE_MAX_SIZE=str(8 << 30), **extra)
+
+
 def run_module(module: str, *args: str, timeout: int = 600):
   """Runs `python -m module args` in a subprocess; returns CompletedProcess."""
   import subprocess
   import sys
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  env = subprocess_env()
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                         timeout=timeout, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))

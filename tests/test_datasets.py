@@ -152,7 +152,8 @@ def test_resize_crop_geometry():
 
 # ------------------------------------------------------------- experiments on TFDS mock data
 def _mocked(n, module, *args):
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  from conftest import subprocess_env
+  env = subprocess_env()
   return subprocess.run([sys.executable, os.path.join(ROOT, "tests", "mocked_tfds_run.py"), str(n),
                          module, *args], capture_output=True, text=True, timeout=900, cwd=ROOT,
                         env=env)

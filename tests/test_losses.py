@@ -95,9 +95,10 @@ def test_run_names_carry_norm_and_eps():
 
 
 def test_trades_model_is_more_robust_than_ce_on_digits(digits9, tmp_path):
-  """Trained briefly on a digits subset, TRADES(6) has a larger mean CW-L2 radius."""
+  """Trained briefly on a digits subset, TRADES(6) has a larger mean CW-L2 radius (measured
+  2026-11-23: 2.25 against 1.15)."""
   split = data.Split(digits9.train.x[:512], digits9.train.y[:512])
-  cfg = TrainConfig(batch_size=64, epochs=12, milestones=(10,), lr=0.05)
+  cfg = TrainConfig(batch_size=64, epochs=8, milestones=(6,), lr=0.05)
   attack = losses.AttackConfig(eps=2.0, steps=5)
   radii = {}
   for loss in ("ce", "trades6"):
@@ -107,8 +108,8 @@ def test_trades_model_is_more_robust_than_ce_on_digits(digits9, tmp_path):
     correct = np.flatnonzero(logits.argmax(1) == split.y)[:48]
     assert len(correct) == 48
     x = split.x[correct].astype(np.float32) / 255.0
-    adv, ok = cw_l2(trained.logits_fn(), x, split.y[correct], binary_search_steps=5,
-                    max_iterations=150, initial_const=1.0)
+    adv, ok = cw_l2(trained.logits_fn(), x, split.y[correct], binary_search_steps=4,
+                    max_iterations=100, initial_const=1.0)
     assert ok.mean() > 0.9
     radii[loss] = float(np.linalg.norm((adv - x)[ok].reshape(ok.sum(), -1), axis=1).mean())
   print(radii)

@@ -17,11 +17,13 @@ def _pool_by_reshape(x, window, strides, padding, base_dilation, window_dilation
     return None
   keep = tuple(slice(0, n - n % k) for n, k in zip(x.shape, window))
   x = x[keep]
-  split = [d for n, k in zip(x.shape, window) for d in ((n // k, k) if k > 1 else (n,))]
-  axes, i = [], 0
-  for k in window:
-    axes.append(i + 1) if k > 1 else None
-    i += 2 if k > 1 else 1
+  split, axes = [], []
+  for n, k in zip(x.shape, window):
+    if k > 1:
+      axes.append(len(split) + 1)
+      split += [n // k, k]
+    else:
+      split.append(n)
   return x.reshape(split).max(axis=tuple(axes))
 
 
@@ -45,8 +47,7 @@ def _eval_rewritten(jaxpr, consts, *args):
       params = eqn.primitive.get_bind_params(eqn.params)  # (subfuns, params) before jax 0.7
       subfuns, params = params if isinstance(params, tuple) else ((), params)
       out = eqn.primitive.bind(*subfuns, *invals, **params)
-    env.update(zip(eqn.outvars, out if eqn.primitive.multiple_results or name in ("jit", "pjit")
-                   else [out]))
+    env.update(zip(eqn.outvars, out if eqn.primitive.multiple_results else [out]))
   return [read(v) for v in jaxpr.outvars]
 
 
@@ -62,8 +63,7 @@ def pools_as_reshapes(fn):
   reshape form differentiates into an elementwise select (`ncg_jax.models.layers.max_pool_2x2`
   is the same form inside ncg_jax's own models). For user functions passed to detectors."""
   def rewritten(*args):
-    closed = jax.make_jaxpr(fn)(*args)
-    flat = jax.tree.leaves(args)
-    out = _eval_rewritten(closed.jaxpr, closed.consts, *flat)
-    return jax.tree.unflatten(jax.tree.structure(jax.eval_shape(fn, *args)), out)
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
+    out = _eval_rewritten(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
+    return jax.tree.unflatten(jax.tree.structure(shapes), out)
   return rewritten

@@ -22,10 +22,12 @@ def test_two_process_training_agrees_with_one_process(digits9, data_dir, tmp_pat
   root = os.path.dirname(os.path.dirname(__file__))
   common = [sys.executable, "-m", "experiments.train", "--dataset=digitswo9", "--epochs=2",
             f"--data_dir={data_dir}"]
+  from conftest import subprocess_env
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   env.pop("XLA_FLAGS", None)  # one CPU device per process
+  single_env = {k: v for k, v in subprocess_env().items() if k != "XLA_FLAGS"}
   single = subprocess.run(common + [f"--workdir={tmp_path / 'one'}"], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=root)
+                          text=True, timeout=600, env=single_env, cwd=root)
   assert single.returncode == 0, single.stderr[-3000:]
   port = free_port()
   procs = [subprocess.Popen(common + [f"--workdir={tmp_path / 'two'}", "--multihost",

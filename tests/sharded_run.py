@@ -22,7 +22,8 @@ def main(out: str, workdir: str) -> None:
   adv, ok = cw_l2(trained.logits_fn(), xf, y[:24], binary_search_steps=2, max_iterations=30,
                   initial_const=1.0, batch_size=24)
   from ncg_jax.batching import map_batches
-  odin = map_batches(lambda xb: detect.odin(trained.logits_fn(), xb), xf, batch_size=8)
+  odin = map_batches(lambda xb: detect.odin(trained.logits_fn(), xb), xf, batch_size=16,
+                     fit_last=True)  # 16 + 8 rows: a shorter last batch split over the devices
   db = rng.normal(size=(1000, 37)).astype(np.float32)
   _, nn = neighbors.nearest(db, db[:50] + 0.01, k=3, backend="jax", db_block=100)
   np.savez(out, devices=jax.device_count(), adv=adv, ok=ok, odin=odin, nn=nn,

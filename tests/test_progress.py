@@ -36,3 +36,22 @@ def test_map_batches_reports_under_its_label(monkeypatch, capsys):
   np.testing.assert_array_equal(out[:, 0], 2 * np.arange(10.0))
   err = capsys.readouterr().err.splitlines()
   assert err[0].startswith("doubling: 4/10 rows") and err[-1].startswith("doubling: 10 rows in")
+
+
+def test_map_batches_fit_last_pads_the_last_batch_to_a_multiple_of_8_only():
+  shapes = []
+
+  def fn(xb, yb, mask):
+    shapes.append(xb.shape[0])
+    return xb[:, 0] + yb, mask
+
+  x, y = np.arange(45.0)[:, None], np.arange(45.0) * 10
+  for fit_last, expected in ((False, [16, 16, 16]), (True, [16, 16, 16])):
+    shapes.clear()
+    out, mask = batching.map_batches(fn, x, y, batch_size=16, with_mask=True, fit_last=fit_last)
+    np.testing.assert_array_equal(out, 11 * np.arange(45.0))
+    assert mask.all() and shapes == expected
+  shapes.clear()
+  out, _ = batching.map_batches(fn, x[:37], y[:37], batch_size=16, with_mask=True, fit_last=True)
+  np.testing.assert_array_equal(out, 11 * np.arange(37.0))
+  assert shapes == [16, 16, 8]  # 5 rows left: padded to 8, not 16

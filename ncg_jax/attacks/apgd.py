@@ -208,9 +208,13 @@ def robust_accuracy_over(trained, x: np.ndarray, y: np.ndarray, *, eps, norm: st
                          clip=(0.0, 1.0), batch_size: int = 256, seed: int = 0,
                          **settings) -> dict[str, float]:
   """`robust_accuracy` of a `Trained` model over a whole split (uint8 images or float
-  features) in fixed-shape padded batches: {attack: fraction still correct}."""
+  features) in fixed-shape padded batches, the last one only padded to a multiple of 8
+  (`map_batches(fit_last=True)`): {attack: fraction still correct}. Every batch uses the same
+  `key`; a row's random starts depend on its position in its batch only (JAX's partitionable
+  threefry), so a shorter last batch attacks its rows exactly as a full one would."""
   fn, key = trained.logits_fn(), jax.random.key(seed)
   per = map_batches(lambda xb, yb: robust_accuracy(fn, to_input(xb), yb, eps=eps, norm=norm,
                                                    key=key, clip=clip, **settings),
-                    x, y, batch_size=batch_size, label=f"robust accuracy ({norm} {eps:g})")
+                    x, y, batch_size=batch_size, label=f"robust accuracy ({norm} {eps:g})",
+                    fit_last=True)
   return {k: float(np.mean(v)) for k, v in per.items()}

@@ -68,21 +68,43 @@ def test_odin_zero_gradient_steps_plus_one():
   assert not np.allclose(ours, softmax(x @ w, axis=1).max(1))
 
 
-def test_pools_as_reshapes_keeps_values_and_gradients_of_flax_pooling():
+def test_as_ncg_jax_layers_keeps_values_and_gradients_of_flax_pooling_and_convolutions():
   import flax.linen as nn
-  from ncg_jax.functional import pools_as_reshapes
+  from ncg_jax.models.layers import as_ncg_jax_layers
   inner = jax.jit(lambda h: nn.max_pool(h, (2, 2), (2, 2)))  # nested jit, odd height
-  f = lambda x: jnp.sum(jnp.tanh(inner(x)) * jnp.arange(3.0)[None, None, None]) + jnp.sum(
-      nn.max_pool(x, (3, 3), (2, 2), padding="SAME"))  # windows that overlap: kept as they are
-  g = pools_as_reshapes(f)
+  convs = [nn.Conv(4, (3, 3)), nn.Conv(4, (3, 3), padding="VALID"),
+           nn.Conv(4, (3, 3), padding=((2, 0), (1, 1))), nn.Conv(4, (3, 3), strides=2)]
   x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
-  np.testing.assert_array_equal(g(x), f(x))
-  np.testing.assert_allclose(jax.grad(g)(x), jax.grad(f)(x), rtol=1e-6, atol=1e-7)
-  prims = str(jax.make_jaxpr(jax.grad(g))(x))
-  assert prims.count("reduce_window_max") == 1 and "reduce_max" in prims
+  vs = [c.init(jax.random.key(i), x) for i, c in enumerate(convs)]
+
+  def f(x):
+    pooled = jnp.sum(jnp.tanh(inner(x)) * jnp.arange(3.0)[None, None, None])
+    overlapping = jnp.sum(nn.max_pool(x, (3, 3), (2, 2), padding="SAME"))  # kept as it is
+    return pooled + overlapping + sum(jnp.sum(jnp.sin(c.apply(v, x))) for c, v in zip(convs, vs))
+
+  g = as_ncg_jax_layers(f)
+  np.testing.assert_allclose(g(x), f(x), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(g)(x), jax.grad(f)(x), rtol=1e-5, atol=1e-6)
+  grad_jaxpr, jaxpr = str(jax.make_jaxpr(jax.grad(g))(x)), str(jax.make_jaxpr(g)(x))
+  assert grad_jaxpr.count("reduce_window_max") == 1 and "reduce_max" in grad_jaxpr
+  assert jaxpr.count("custom_vjp_call") == 3  # the strided convolution stays XLA's
 
 
-def test_odin_through_plain_flax_pooling_equals_odin_from_xla_pooling_gradients():
+def test_in_row_chunks_maps_rows_in_chunks_with_the_same_values_and_gradients():
+  from ncg_jax.functional import in_row_chunks
+  w = jax.random.normal(jax.random.key(0), (3, 3, 1, 4))
+  f = lambda x: jnp.tanh(jax.lax.conv_general_dilated(
+      x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))).sum(axis=(1, 2))
+  x = jax.random.normal(jax.random.key(1), (24, 6, 6, 1))
+  g = in_row_chunks(f, rows=8)
+  np.testing.assert_allclose(g(x), f(x), rtol=1e-6, atol=1e-6)
+  loss = lambda h: lambda xx: jnp.sum(h(xx) ** 2)
+  np.testing.assert_allclose(jax.grad(loss(g))(x), jax.grad(loss(f))(x), rtol=1e-4, atol=1e-5)
+  assert "scan" in str(jax.make_jaxpr(g)(x))  # three chunks of 8 rows
+  assert "scan" not in str(jax.make_jaxpr(g)(x[:20]))  # 20 rows: not a multiple of 8
+
+
+def test_odin_through_a_plain_flax_network_equals_odin_from_xla_gradients():
   import flax.linen as nn
 
   class Net(nn.Module):
@@ -92,14 +114,14 @@ def test_odin_through_plain_flax_pooling_equals_odin_from_xla_pooling_gradients(
       return nn.Dense(5)(x.reshape(x.shape[0], -1))
 
   net = Net()
-  x = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
+  x = jax.random.uniform(jax.random.key(1), (128, 8, 8, 1))  # two chunks of 64 on the CPU
   v = net.init(jax.random.key(2), x)
   f = lambda xx: net.apply(v, xx)
   t, eps = 1000.0, 0.0014
-  g = jax.grad(lambda xx: -jnp.sum(jax.nn.log_softmax(f(xx) / t)[jnp.arange(6),
+  g = jax.grad(lambda xx: -jnp.sum(jax.nn.log_softmax(f(xx) / t)[jnp.arange(128),
                                                                    jnp.argmax(f(x), -1)]))(x)
   ref = jnp.max(jax.nn.softmax(f(x - eps * jnp.where(g >= 0, 1.0, -1.0)) / t), axis=-1)
-  np.testing.assert_array_equal(detect.odin(f, x, temperature=t, epsilon=eps), ref)
+  np.testing.assert_allclose(detect.odin(f, x, temperature=t, epsilon=eps), ref, rtol=1e-6)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 3.0])

@@ -30,8 +30,8 @@ def test_bad_input_exits_2_with_one_line(args, msg, data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_ncg_end_to_end_and_reproducible(data_dir, tmp_path):
-  args = ["--dataset=digitswo9", "--model=cnn002", "--epochs=2", "--losses=ce,trades6",
-          "--attack_steps=2", "--feature_epochs=2", f"--data_dir={data_dir}"]
+  args = ["--dataset=digitswo9", "--model=cnn002", "--epochs=1", "--losses=ce,trades6",
+          "--attack_steps=2", "--feature_epochs=1", f"--data_dir={data_dir}"]
   results = []
   for name, robust_n in (("a", 40), ("b", 0)):  # robust accuracy once: it is seeded too
     p = run_module("experiments.ncg", *args, f"--robust_n={robust_n}", f"--workdir={tmp_path / name}")

@@ -19,13 +19,14 @@ import jax
 import jax.numpy as jnp
 
 from ncg_jax.detect.scores import linear_head
-from ncg_jax.functional import as_partial, pools_as_reshapes
+from ncg_jax.functional import as_partial, in_row_chunks
+from ncg_jax.models.layers import as_ncg_jax_layers
 
 
 @jax.jit
 def _odin_perturb(logits_fn, x, temperature, epsilon, input_std):
   def loss(xx):
-    logits = pools_as_reshapes(logits_fn)(xx)
+    logits = in_row_chunks(as_ncg_jax_layers(logits_fn))(xx)
     label = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
     return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits / temperature),
                                         label[:, None], axis=-1))
@@ -49,10 +50,13 @@ def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon: float = 0.0014,
   one program XLA:CPU shares the first pass's broadcast biases with the second forward and
   materialises them (four 22 MB broadcasts for CNN002 at batch 256), which made ODIN 8.2x a
   forward instead of 6.2x (`python -m benchmarks.detect`). The gradient runs through
-  `functional.pools_as_reshapes(logits_fn)`: a user network's `nn.max_pool(x, (2, 2), (2, 2))`
-  differentiates as an elementwise select instead of XLA:CPU's scalar `select_and_scatter`
-  (same values; at an exact tie inside a window the gradient is shared by the tied elements
-  instead of going to the first, so the direction can differ there and only there)."""
+  `models.layers.as_ncg_jax_layers(logits_fn)`: a user network's `nn.max_pool(x, (2, 2),
+  (2, 2))` differentiates as an elementwise select instead of XLA:CPU's scalar
+  `select_and_scatter` (same values; at an exact tie inside a window the gradient is shared
+  by the tied elements instead of going to the first, so the direction can differ there and
+  only there) and its `nn.Conv`s through ncg_jax's convolution VJP; and on the CPU in chunks
+  of 64 rows (`functional.in_row_chunks`: CNN002's perturbation at batch 256 took 94 ms in
+  one piece, 64-70 ms in four)."""
   logits_fn = as_partial(logits_fn)
   t = jnp.float32(temperature)
   x_perturbed = _odin_perturb(logits_fn, jnp.asarray(x, jnp.float32), t, jnp.float32(epsilon),

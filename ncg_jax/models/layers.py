@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.extend.core import Literal
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -121,3 +122,103 @@ def batch_norm(train: bool, dtype, name: str | None = None) -> nn.Module:
   """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5)."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       name=name)
+
+
+def _pool_by_reshape(x, window, strides, padding, base_dilation, window_dilation):
+  """reduce_window max as slice + reshape + max where windows tile the input (window =
+  stride, no padding or dilation); None where they do not."""
+  if (tuple(window) != tuple(strides) or any(p != (0, 0) for p in padding)
+      or any(d != 1 for d in (*base_dilation, *window_dilation))):
+    return None
+  keep = tuple(slice(0, n - n % k) for n, k in zip(x.shape, window))
+  x = x[keep]
+  split, axes = [], []
+  for n, k in zip(x.shape, window):
+    if k > 1:
+      axes.append(len(split) + 1)
+      split += [n // k, k]
+    else:
+      split.append(n)
+  return x.reshape(split).max(axis=tuple(axes))
+
+
+_NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                      out_spec=(0, 3, 1, 2))
+
+
+def _default_conv_precision():
+  """The precision a convolution records when none is given (None, or what
+  `jax_default_matmul_precision` makes of it): what `conv2d`'s own convolutions will use."""
+  one = jax.ShapeDtypeStruct((1, 1, 1, 1), jnp.float32)
+  return jax.make_jaxpr(lambda a, b: _conv(a, b, "VALID"))(one, one).eqns[0].params["precision"]
+
+
+def _conv_as_conv2d(x, w, *, window_strides, padding, lhs_dilation, rhs_dilation,
+                    dimension_numbers, feature_group_count, batch_group_count, precision,
+                    preferred_element_type, **_):
+  """A `conv_general_dilated` as `conv2d_for_backend` where that is the same convolution;
+  None elsewhere."""
+  if (x.ndim != 4 or dimension_numbers != _NHWC_HWIO or feature_group_count != 1
+      or batch_group_count != 1 or precision != _default_conv_precision()
+      or preferred_element_type is not None
+      or any(s != 1 for s in (*window_strides, *lhs_dilation, *rhs_dilation))
+      or x.dtype != jnp.float32 or w.dtype != jnp.float32
+      or any(p < 0 for pair in padding for p in pair)):
+    return None
+  kh, kw = w.shape[:2]
+  if all(p == (0, 0) for p in padding):
+    return conv2d_for_backend(x, w, "VALID")
+  if kh % 2 and kw % 2 and tuple(map(tuple, padding)) == ((kh // 2,) * 2, (kw // 2,) * 2):
+    return conv2d_for_backend(x, w, "SAME")
+  return conv2d_for_backend(jnp.pad(x, ((0, 0), *padding, (0, 0))), w, "VALID")
+
+
+def _eval_rewritten(jaxpr, consts, *args):
+  """`jax.core.eval_jaxpr` with the two swaps of `as_ncg_jax_layers`."""
+  env = {}
+  read = lambda v: v.val if isinstance(v, Literal) else env[v]
+  env.update(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    name, out = eqn.primitive.name, None
+    if name == "reduce_window_max":
+      p = eqn.params
+      out = _pool_by_reshape(invals[0], p["window_dimensions"], p["window_strides"],
+                             p["padding"], p["base_dilation"], p["window_dilation"])
+    elif name == "conv_general_dilated":
+      out = _conv_as_conv2d(*invals, **eqn.params)
+    elif name in ("jit", "pjit"):
+      inner = eqn.params["jaxpr"]
+      out = _eval_rewritten(inner.jaxpr, inner.consts, *invals)
+    if out is None:
+      params = eqn.primitive.get_bind_params(eqn.params)  # (subfuns, params) before jax 0.7
+      subfuns, params = params if isinstance(params, tuple) else ((), params)
+      out = eqn.primitive.bind(*subfuns, *invals, **params)
+    env.update(zip(eqn.outvars, out if eqn.primitive.multiple_results else [out]))
+  return [read(v) for v in jaxpr.outvars]
+
+
+def as_ncg_jax_layers(fn):
+  """A user's function (a plain Flax or `lax` network) with the two layers whose XLA
+  gradients are slow on the CPU in the forms ncg_jax's own models use; other operations as
+  they are, nested `jax.jit` calls inlined. Same values.
+
+  - Every max pooling whose windows tile its input (`nn.max_pool(x, (2, 2), (2, 2))`:
+    window = stride, no padding) as reshape + max (`max_pool_2x2`'s form). XLA
+    differentiates `reduce_window` max into `select_and_scatter`, which XLA:CPU runs as a
+    scalar loop (~60 of ~190 ms of ODIN through a plain Flax CNN002 at batch 256); the
+    reshape form differentiates into an elementwise select. The gradient differs only at
+    exact ties inside a window, which XLA gives to one element and the reshape form shares
+    (ReLU-then-pool zeros carry no gradient either way).
+  - Every stride-1, undilated, ungrouped NHWC/HWIO float32 convolution at the default
+    precision (`nn.Conv`'s) as `conv2d_for_backend`, explicit padding other than VALID or
+    SAME applied to the input first: the custom VJP on the CPU (its input gradient keeps a
+    canonical layout where the kernel is a loop constant), XLA's convolution elsewhere;
+    equal up to float rounding.
+  For user functions passed to detectors."""
+  def rewritten(*args):
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
+    out = _eval_rewritten(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
+    return jax.tree.unflatten(jax.tree.structure(shapes), out)
+  return rewritten

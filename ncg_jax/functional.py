@@ -9,7 +9,6 @@ def as_partial(fn) -> jax.tree_util.Partial:
   return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
 
 
-
 def in_row_chunks(fn, rows: int = 64):
   """On the CPU backend, `fn` (batch in, batch out along the first axis, rows independent)
   applied to chunks of `rows` rows in a `lax.map` where the batch is a larger multiple of

@@ -52,12 +52,11 @@ def map_batches(fn: Callable, *arrays, batch_size: int = 512, with_mask: bool = 
   A loop longer than 10 s reports its progress on stderr under `label` (`ncg_jax.progress`)."""
   n = len(arrays[0])
   bs = sharding.round_batch(min(batch_size, n))
-  pos = sharding.local(np.arange(bs))  # this process's positions in every batch
   plan = list(eval_batches(n, bs))
   if fit_last:
     rows = sharding.round_batch(-(-int(plan[-1][1].sum()) // 8) * 8)
     plan[-1] = tuple(a[:min(rows, bs)] for a in plan[-1])
-  local_pos = lambda idx: pos if len(idx) == bs else sharding.local(np.arange(len(idx)))
+  local_pos = lambda idx: sharding.local(np.arange(len(idx)))  # this process's positions
   read = lambda idx, mask: ([a[idx[local_pos(idx)]] for a in arrays]
                             + ([mask[local_pos(idx)]] if with_mask else []))
   outs = []

@@ -33,13 +33,13 @@ def digits9(data_dir):
   return data.load("digitswo9", data_dir)
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
   """The environment of an entry point run by a test: unbuffered output and the session's
   compilation cache (above)."""
   return dict(os.environ, PYTHONUNBUFFERED="1",
               JAX_COMPILATION_CACHE_DIR=os.environ["NCG_JAX_TEST_JIT_CACHE"],
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_COMPILATION_CACHE_MAX_SIZE=str(8 << 30), **extra)
+              JAX_COMPILATION_CACHE_MAX_SIZE=str(8 << 30))
 
 
 def run_module(module: str, *args: str, timeout: int = 600):

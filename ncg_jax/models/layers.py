@@ -188,13 +188,11 @@ def _eval_rewritten(jaxpr, consts, *args):
                              p["padding"], p["base_dilation"], p["window_dilation"])
     elif name == "conv_general_dilated":
       out = _conv_as_conv2d(*invals, **eqn.params)
-    elif name in ("jit", "pjit"):
+    elif name == "jit":
       inner = eqn.params["jaxpr"]
       out = _eval_rewritten(inner.jaxpr, inner.consts, *invals)
     if out is None:
-      params = eqn.primitive.get_bind_params(eqn.params)  # (subfuns, params) before jax 0.7
-      subfuns, params = params if isinstance(params, tuple) else ((), params)
-      out = eqn.primitive.bind(*subfuns, *invals, **params)
+      out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
     env.update(zip(eqn.outvars, out if eqn.primitive.multiple_results else [out]))
   return [read(v) for v in jaxpr.outvars]
 

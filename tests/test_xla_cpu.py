@@ -44,10 +44,13 @@ def test_repeated_calls_reuse_memory_and_defaults_can_be_kept():
   assert "'conv_flag': True" in state and "'freed_memory': True" in state
   faults_default, state_default = _python(FAULTS, NCG_JAX_KEEP_XLA_DEFAULTS="1").stdout.split("\n")[:2]
   assert "'conv_flag': False" in state_default and "'freed_memory': False" in state_default
-  # a CNN002 gradient at batch 64 allocates ~50 MB per call: ~10,000 fresh pages by default.
-  # The median call: on a loaded machine an occasional call still faults in ~30 MB (seen
-  # once or twice in 20 calls), which a mean over a few calls would mistake for the default
-  assert float(faults) < 200 < float(faults_default)
+  # A CNN002 gradient at batch 64 faults in ~20,700 fresh pages per call by default and 0-2
+  # with freed memory kept (measured on the 2-core VM). The median call: on a loaded machine
+  # an occasional call still faults in ~30 MB (seen once or twice in 20 calls), which a mean
+  # over a few calls would mistake for the default. CI under two xdist workers measured a
+  # median of 225, so the bound is relative: a twentieth of the default's fresh pages
+  assert 20 * float(faults) < float(faults_default), (faults, faults_default)
+  assert float(faults_default) > 2_000, faults_default
 
 
 def test_notice_when_jax_started_before_ncg_jax():

@@ -1,5 +1,7 @@
 """Attack and robust-training throughput on CNN002, each also as a multiple of one
-forward+backward pass (gradient w.r.t. the parameters) of the same batch.
+forward+backward pass (gradient w.r.t. the parameters) of the same batch. The attacks are
+also timed on the same network written in plain Flax (`nn.Conv`, `nn.max_pool`) and passed
+as a function, as a notebook user would.
 
 python -m benchmarks.attacks [--batch 128] [--cw_iterations 1000]
 """
@@ -10,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import TrainSteps, row, setting, timeit
+from benchmarks.common import PlainCNN002, TrainSteps, row, setting, timeit
 from ncg_jax import models
 from ncg_jax.attacks import cw_l2, pgd
 from ncg_jax.train import losses
@@ -32,17 +34,22 @@ def main():
   x = jnp.asarray(rng.random((b, 28, 28, 1), dtype=np.float32))
   y = jnp.asarray(rng.integers(0, k, b))
   logits_fn = Trained(model, params, {}).logits_fn()
+  plain = PlainCNN002(k)
+  plain_fn = jax.tree_util.Partial(plain.apply, plain.init(jax.random.key(0), x[:1]))
 
   fb = jax.jit(jax.grad(lambda p: losses.cross_entropy(model.apply({"params": p}, x)[0], y).mean()))
   t_fb = timeit(fb, params, repeat=args.repeat)
   attack = losses.AttackConfig()
   pgd_fn = jax.jit(lambda f, x, y, key: pgd(f, x, y, eps=attack.eps, norm="l2", steps=10,
                                             step_size=attack.alpha, key=key))
-  results = {"PGD-10 (L2)": timeit(pgd_fn, logits_fn, x, y, jax.random.key(0), repeat=args.repeat)}
-  cw = lambda: cw_l2(logits_fn, x, y, binary_search_steps=1, max_iterations=args.cw_iterations,
-                     abort_early=False, batch_size=b)
-  t_cw = timeit(cw, repeat=2, warmup=1)
-  results[f"CW-L2, one binary step of {args.cw_iterations} iterations"] = t_cw
+  cw = lambda f: lambda: cw_l2(f, x, y, binary_search_steps=1, max_iterations=args.cw_iterations,
+                               abort_early=False, batch_size=b)
+  results = {}
+  for label, f in (("", logits_fn), (", plain Flax network", plain_fn)):
+    results["PGD-10 (L2)" + label] = timeit(pgd_fn, f, x, y, jax.random.key(0), repeat=args.repeat)
+    results[f"CW-L2, one binary step of {args.cw_iterations} iterations" + label] = timeit(
+        cw(f), repeat=2, warmup=1)
+  t_cw = results[f"CW-L2, one binary step of {args.cw_iterations} iterations"]
   tx = optax.sgd(0.01, momentum=0.9)
   for name in ("ce", "trades6", "advce"):
     step = make_train_step(model, losses.make_loss(name, attack), tx)

@@ -5,9 +5,26 @@ import time
 
 from ncg_jax import xla_cpu  # importing ncg_jax applies its XLA:CPU settings
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.extend  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+class PlainCNN002(nn.Module):
+  """CNN002 as a user would write it in plain Flax (no ncg_jax layers)."""
+  num_classes: int = 9
+
+  @nn.compact
+  def __call__(self, x):
+    for f in (32, 32):
+      x = nn.relu(nn.Conv(f, (3, 3), padding="VALID")(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    for f in (64, 64):
+      x = nn.relu(nn.Conv(f, (3, 3), padding="VALID")(x))
+    x = nn.max_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(200)(nn.relu(nn.Dense(200)(x))))
+    return nn.Dense(self.num_classes)(x)
 
 
 def setting() -> str:

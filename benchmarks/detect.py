@@ -15,32 +15,15 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import row, setting, timeit, timeit_interleaved
+from benchmarks.common import PlainCNN002, row, setting, timeit, timeit_interleaved
 from benchmarks.cnn002 import torch_cnn002
 from ncg_jax import detect, models, xla_cpu
 from ncg_jax.detect import nac
 from ncg_jax.models import Trained
-
-
-class PlainCNN002(nn.Module):
-  """CNN002 as a user would write it in plain Flax (no ncg_jax layers)."""
-  num_classes: int = 9
-
-  @nn.compact
-  def __call__(self, x):
-    for f in (32, 32):
-      x = nn.relu(nn.Conv(f, (3, 3), padding="VALID")(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
-    for f in (64, 64):
-      x = nn.relu(nn.Conv(f, (3, 3), padding="VALID")(x))
-    x = nn.max_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(200)(nn.relu(nn.Dense(200)(x))))
-    return nn.Dense(self.num_classes)(x)
 
 
 def odin_rows(batch: int, repeat: int) -> dict:

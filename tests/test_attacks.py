@@ -162,3 +162,42 @@ def test_robust_accuracy_is_exact_on_a_linear_classifier(norm):
   np.testing.assert_array_equal(r["any"][decided], (exact > eps)[decided])
   for name in ("pgd", "apgd_ce", "apgd_dlr"):
     assert np.all(r["any"] <= r[name])  # 'any' is the worst case over the attacks
+
+
+def test_attacks_differentiate_a_plain_flax_network_as_its_ncg_jax_layers_twin():
+  """A user's `nn.Conv` / `nn.max_pool` network is attacked through
+  `models.layers.as_ncg_jax_layers`: no `select_and_scatter` (XLA:CPU's scalar pooling
+  gradient) is left in the compiled attacks, and PGD, APGD, CW and `robust_accuracy` return
+  what they return
+  for the same network written with ncg_jax's layers (`Conv`, `max_pool_2x2`), same weights."""
+  import flax.linen as nn
+  from ncg_jax.attacks import apgd, robust_accuracy
+  from ncg_jax.models.layers import Conv, max_pool_2x2
+
+  class Net(nn.Module):
+    ncg_jax_layers: bool
+
+    @nn.compact
+    def __call__(self, x):
+      conv = Conv(4, (3, 3)) if self.ncg_jax_layers else nn.Conv(4, (3, 3), padding="VALID")
+      h = nn.relu(conv(x))
+      h = max_pool_2x2(h) if self.ncg_jax_layers else nn.max_pool(h, (2, 2), (2, 2))
+      return nn.Dense(3)(h.reshape(h.shape[0], -1))
+
+  x = jax.random.uniform(jax.random.key(0), (16, 10, 10, 1))
+  v = Net(False).init(jax.random.key(1), x)
+  plain, twin = (lambda xx, m=Net(flag): m.apply(v, xx) for flag in (False, True))
+  y = np.asarray(jax.numpy.argmax(plain(x), -1))
+  attacks = {
+      "pgd": lambda f: pgd(f, x, y, eps=1.0, norm="l2", steps=5, step_size=0.3,
+                           key=jax.random.key(2)),
+      "apgd": lambda f: apgd(f, x, y, eps=1.0, norm="l2", steps=10),
+      "cw": lambda f: cw_l2(f, x, y, binary_search_steps=2, max_iterations=20)[0],
+      "robust_accuracy": lambda f: np.stack(list(robust_accuracy(
+          f, x, y, eps=0.5, norm="l2", pgd_steps=3, pgd_restarts=1, apgd_steps=5).values()))}
+  for name, attack in attacks.items():
+    np.testing.assert_allclose(attack(plain), attack(twin), atol=1e-5, err_msg=name)
+  hlo = lambda fn: jax.jit(fn).lower(x).as_text()
+  assert "select_and_scatter" in hlo(jax.grad(lambda xx: plain(xx).sum()))  # the check can fail
+  assert "select_and_scatter" not in hlo(
+      lambda xx: pgd(plain, xx, y, eps=1.0, norm="l2", steps=2, step_size=0.3))

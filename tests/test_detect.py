@@ -286,6 +286,34 @@ def test_mahalanobis_preprocessing_on_a_linear_feature_map():
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_mahalanobis_preprocessing_of_a_plain_flax_network_runs_without_select_and_scatter():
+  """Through `as_ncg_jax_layers` (as ODIN): same scores as from XLA's own gradient of the
+  network, and no `select_and_scatter` (XLA:CPU's scalar pooling gradient) compiled."""
+  import flax.linen as nn
+  from ncg_jax.detect import distances
+  from ncg_jax.functional import as_partial
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.max_pool(nn.relu(nn.Conv(4, (3, 3))(x)), (2, 2), (2, 2))
+      return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+  net = Net()
+  x = jax.random.uniform(jax.random.key(1), (40, 8, 8, 1))
+  v = net.init(jax.random.key(2), x)
+  f = lambda xx: net.apply(v, xx)
+  stats = detect.fit_mahalanobis(np.asarray(f(x)), np.arange(40) % 2, 2)
+  closest = lambda xx: jnp.sum(jnp.min(distances.mahalanobis_distances(stats, f(xx)), axis=-1))
+  g = jax.grad(closest)(x)
+  ref = detect.mahalanobis(stats, f(x - 0.01 * jnp.where(g >= 0, 1.0, -1.0)))
+  np.testing.assert_allclose(detect.mahalanobis_preprocessed(f, stats, x, epsilon=0.01), ref,
+                             rtol=1e-5, atol=1e-5)
+  hlo = distances._mahalanobis_preprocessed.lower(as_partial(f), stats, x, 0.01).as_text()
+  assert "select_and_scatter" not in hlo
+  assert "select_and_scatter" in jax.jit(jax.grad(closest)).lower(x).as_text()
+
+
 def test_layer_ensemble_scores_are_per_layer_mahalanobis_of_mean_pooled_maps():
   from ncg_jax.detect import distances
   model = models.create("cnn002", 3)

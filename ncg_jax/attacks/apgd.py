@@ -32,6 +32,7 @@ from jax import lax
 from ncg_jax.attacks.pgd import pgd
 from ncg_jax.batching import map_batches
 from ncg_jax.functional import as_partial
+from ncg_jax.models.layers import as_ncg_jax_layers
 from ncg_jax.models.trained import to_input
 
 LOSSES = ("ce", "dlr")
@@ -146,7 +147,8 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, *, eps, norm: str,
   and `clip`: the first misclassified iterate where one was found, else x itself (as
   AutoAttack, clean-misclassified examples are returned unchanged). Compiled once per
   (logits_fn, shapes, norm, loss, steps, restarts); pass a `Partial` as `logits_fn`
-  (`Trained.logits_fn()`) to share the program between models of one architecture."""
+  (`Trained.logits_fn()`) to share the program between models of one architecture.
+  Differentiated through `models.layers.as_ncg_jax_layers`, as `pgd`."""
   if loss not in LOSSES:
     raise ValueError(f"unknown APGD loss '{loss}'; valid: {', '.join(LOSSES)}")
   if norm not in ("l2", "linf"):
@@ -159,6 +161,7 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, *, eps, norm: str,
 
 @functools.partial(jax.jit, static_argnames=("norm", "loss", "steps", "restarts", "clip"))
 def _apgd(logits_fn, x, y, key, eps, *, norm, loss, steps, restarts, clip):
+  logits_fn = as_ncg_jax_layers(logits_fn)
   out = x
   broken = jnp.argmax(logits_fn(x), -1) != y
   for r in range(restarts):

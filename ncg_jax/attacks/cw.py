@@ -25,6 +25,7 @@ from jax import lax
 
 from ncg_jax.batching import map_batches
 from ncg_jax.functional import as_partial
+from ncg_jax.models.layers import as_ncg_jax_layers
 
 _BIG = 1e10
 
@@ -48,6 +49,7 @@ def _cw_batch(logits_fn, x, y, mask, *, binary_search_steps: int, max_iterations
   opt = optax.adam(learning_rate)
   check_every = max(max_iterations // 10, 1)
   maskf = mask.astype(x.dtype)
+  logits_fn = as_ncg_jax_layers(logits_fn)
 
   def loss_fn(w, const):
     xa = (jnp.tanh(w) + 1.0) / 2.0
@@ -102,7 +104,8 @@ def cw_l2(logits_fn: Callable, x, y, *, binary_search_steps: int = 9,
           initial_const: float = 1e-3, confidence: float = 0.0, abort_early: bool = True,
           batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
   """Closest L2 adversarial examples for inputs `x` in [0, 1] with true labels `y`.
-  Runs in fixed-size padded batches (one compilation per input shape)."""
+  Runs in fixed-size padded batches (one compilation per input shape); `logits_fn` is
+  differentiated through `models.layers.as_ncg_jax_layers`, as `pgd`."""
   x = np.asarray(x, np.float32)
   y = np.asarray(y, np.int32)
   fn = as_partial(logits_fn)

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from ncg_jax.models.layers import as_ncg_jax_layers
+
 NORMS = ("l2", "linf")
 _TINY = 1e-12
 
@@ -78,8 +80,11 @@ def pgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, *, eps, norm: str, 
         step_size, key: jax.Array | None = None,
         clip: tuple[float, float] | None = (0.0, 1.0)) -> jnp.ndarray:
   """Untargeted PGD maximising the cross-entropy of the true labels `y`; random start when
-  `key` is given. Returns x_adv with ||x_adv - x|| <= eps per example, inside `clip`."""
+  `key` is given. Returns x_adv with ||x_adv - x|| <= eps per example, inside `clip`.
+  `logits_fn` is differentiated through `models.layers.as_ncg_jax_layers` (a plain Flax
+  network's max-pools and convolutions in the forms whose gradients are fast on XLA:CPU)."""
   x_start = x if key is None else random_start(key, x, eps, norm, clip)
+  logits_fn = as_ncg_jax_layers(logits_fn)
   ce = lambda xa: optax.softmax_cross_entropy_with_integer_labels(logits_fn(xa), y)
   return ascend(ce, x, x_start, eps=eps, norm=norm,
                 steps=steps, step_size=step_size, clip=clip)

@@ -21,6 +21,7 @@ from ncg_jax import neighbors
 from ncg_jax.batching import map_batches
 from ncg_jax.detect import metrics
 from ncg_jax.functional import as_partial
+from ncg_jax.models.layers import as_ncg_jax_layers
 from ncg_jax.models.trained import to_input
 
 
@@ -69,6 +70,8 @@ def rmds(stats, features):
 
 @jax.jit
 def _mahalanobis_preprocessed(features_fn, stats, x, epsilon):
+  features_fn = as_ncg_jax_layers(features_fn)
+
   def closest(xx):
     return jnp.sum(jnp.min(mahalanobis_distances(stats, features_fn(xx)), axis=-1))
   g = jax.grad(closest)(x)
@@ -77,7 +80,9 @@ def _mahalanobis_preprocessed(features_fn, stats, x, epsilon):
 
 def mahalanobis_preprocessed(features_fn, stats, x, *, epsilon: float = 0.0014):
   """Lee et al.'s input preprocessing: step x by epsilon against the gradient sign of the
-  distance to the closest class Gaussian, then score the perturbed input's features."""
+  distance to the closest class Gaussian, then score the perturbed input's features.
+  `features_fn` is differentiated through `models.layers.as_ncg_jax_layers`, as ODIN's
+  `logits_fn` (fast gradients of a plain Flax network's pools and convolutions on the CPU)."""
   return _mahalanobis_preprocessed(as_partial(features_fn), stats, jnp.asarray(x, jnp.float32),
                                    jnp.float32(epsilon))
 
@@ -183,6 +188,7 @@ def layer_features(model, variables, x, layers: tuple[str, ...]):
 def _ensemble_layer_scores(features_fn, stats, x, epsilon):
   """[B, L]: per layer, input preprocessing against that layer's closest class, then its
   Mahalanobis score (one VJP and one forward per layer, as Lee et al.)."""
+  features_fn = as_ncg_jax_layers(features_fn)
   cols = []
   for name in sorted(stats):
     def closest(xx, name=name):
@@ -251,7 +257,7 @@ def fit_mahalanobis_ensemble(layer_fn, logits_fn, train_x, train_y, num_classes:
   def fgsm(xb, yb):
     xb = to_input(xb)
     g = jax.grad(lambda xx: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
-        logits_fn(xx), yb)))(xb)
+        as_ncg_jax_layers(logits_fn)(xx), yb)))(xb)
     return jnp.clip(xb + 0.05 * jnp.sign(g), 0.0, 1.0)
 
   x_adv = map_batches(fgsm, id_x, np.asarray(id_y, np.int32), batch_size=batch_size)

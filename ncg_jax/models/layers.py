@@ -214,9 +214,15 @@ def as_ncg_jax_layers(fn):
     SAME applied to the input first: the custom VJP on the CPU (its input gradient keeps a
     canonical layout where the kernel is a loop constant), XLA's convolution elsewhere;
     equal up to float rounding.
-  For user functions passed to detectors."""
+  Applied to the user functions whose input gradients ncg_jax takes (ODIN, Mahalanobis
+  preprocessing, the attacks); ncg_jax's own models already have these forms, so their
+  programs do not change. Applying it twice returns the first wrapper."""
+  if getattr(fn, "_ncg_jax_layers", False):
+    return fn
+
   def rewritten(*args):
     closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
     out = _eval_rewritten(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
     return jax.tree.unflatten(jax.tree.structure(shapes), out)
+  rewritten._ncg_jax_layers = True
   return rewritten

@@ -61,8 +61,11 @@ def ascend(objective: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray,
     g = grad(x_adv)
     d = steepest_step(g, norm)
     if key is not None and norm == "l2":
+      # drawn only in the steps that need it: N(0, I) for a CNN002 batch of 128 costs ~4 ms
+      # on the 2-core VM, ~8% of a TRADES step when drawn at each of its 10 ascent steps
       zero = jnp.sum(g * g, axis=axes, keepdims=True) == 0
-      d = jnp.where(zero, jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype), d)
+      d = lax.cond(jnp.any(zero), lambda: jnp.where(
+          zero, jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype), d), lambda: d)
     x_adv = _clip(x_adv + step_size * d, clip)
     return _clip(x + project(x_adv - x, eps, norm), clip)
 

@@ -104,19 +104,24 @@ def test_in_row_chunks_maps_rows_in_chunks_with_the_same_values_and_gradients():
   assert "scan" not in str(jax.make_jaxpr(g)(x[:20]))  # 20 rows: not a multiple of 8
 
 
-def test_odin_through_a_plain_flax_network_equals_odin_from_xla_gradients():
+def plain_flax_net(x, outputs: int):
+  """A user's network in plain Flax (`nn.Conv`, `nn.max_pool`: XLA differentiates the pool
+  into `select_and_scatter`), initialised on `x`, as a function of images."""
   import flax.linen as nn
 
   class Net(nn.Module):
     @nn.compact
     def __call__(self, x):
       x = nn.max_pool(nn.relu(nn.Conv(4, (3, 3))(x)), (2, 2), (2, 2))
-      return nn.Dense(5)(x.reshape(x.shape[0], -1))
+      return nn.Dense(outputs)(x.reshape(x.shape[0], -1))
 
-  net = Net()
+  v = Net().init(jax.random.key(2), x)
+  return lambda xx: Net().apply(v, xx)
+
+
+def test_odin_through_a_plain_flax_network_equals_odin_from_xla_gradients():
   x = jax.random.uniform(jax.random.key(1), (128, 8, 8, 1))  # two chunks of 64 on the CPU
-  v = net.init(jax.random.key(2), x)
-  f = lambda xx: net.apply(v, xx)
+  f = plain_flax_net(x, 5)
   t, eps = 1000.0, 0.0014
   g = jax.grad(lambda xx: -jnp.sum(jax.nn.log_softmax(f(xx) / t)[jnp.arange(128),
                                                                    jnp.argmax(f(x), -1)]))(x)
@@ -289,20 +294,10 @@ def test_mahalanobis_preprocessing_on_a_linear_feature_map():
 def test_mahalanobis_preprocessing_of_a_plain_flax_network_runs_without_select_and_scatter():
   """Through `as_ncg_jax_layers` (as ODIN): same scores as from XLA's own gradient of the
   network, and no `select_and_scatter` (XLA:CPU's scalar pooling gradient) compiled."""
-  import flax.linen as nn
   from ncg_jax.detect import distances
   from ncg_jax.functional import as_partial
-
-  class Net(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      x = nn.max_pool(nn.relu(nn.Conv(4, (3, 3))(x)), (2, 2), (2, 2))
-      return nn.Dense(3)(x.reshape(x.shape[0], -1))
-
-  net = Net()
   x = jax.random.uniform(jax.random.key(1), (40, 8, 8, 1))
-  v = net.init(jax.random.key(2), x)
-  f = lambda xx: net.apply(v, xx)
+  f = plain_flax_net(x, 3)
   stats = detect.fit_mahalanobis(np.asarray(f(x)), np.arange(40) % 2, 2)
   closest = lambda xx: jnp.sum(jnp.min(distances.mahalanobis_distances(stats, f(xx)), axis=-1))
   g = jax.grad(closest)(x)

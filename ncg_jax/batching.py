@@ -56,9 +56,11 @@ def map_batches(fn: Callable, *arrays, batch_size: int = 512, with_mask: bool = 
   if fit_last:
     rows = sharding.round_batch(-(-int(plan[-1][1].sum()) // 8) * 8)
     plan[-1] = tuple(a[:min(rows, bs)] for a in plan[-1])
-  local_pos = lambda idx: sharding.local(np.arange(len(idx)))  # this process's positions
-  read = lambda idx, mask: ([a[idx[local_pos(idx)]] for a in arrays]
-                            + ([mask[local_pos(idx)]] if with_mask else []))
+
+  def read(idx, mask):
+    pos = sharding.local(np.arange(len(idx)))  # this process's positions in the batch
+    return [a[idx[pos]] for a in arrays] + ([mask[pos]] if with_mask else [])
+
   outs = []
   progress = Progress(label, n, "rows")
   sync = lambda: jax.block_until_ready(outs[-1])

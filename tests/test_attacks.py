@@ -168,8 +168,8 @@ def test_attacks_differentiate_a_plain_flax_network_as_its_ncg_jax_layers_twin()
   """A user's `nn.Conv` / `nn.max_pool` network is attacked through
   `models.layers.as_ncg_jax_layers`: no `select_and_scatter` (XLA:CPU's scalar pooling
   gradient) is left in the compiled attacks, and PGD, APGD, CW and `robust_accuracy` return
-  what they return
-  for the same network written with ncg_jax's layers (`Conv`, `max_pool_2x2`), same weights."""
+  what they return for the same network written with ncg_jax's layers (`Conv`,
+  `max_pool_2x2`), same weights."""
   import flax.linen as nn
   from ncg_jax.attacks import apgd, robust_accuracy
   from ncg_jax.models.layers import Conv, max_pool_2x2

@@ -248,7 +248,7 @@ def fit_mahalanobis_ensemble(layer_fn, logits_fn, train_x, train_y, num_classes:
   data is used. (The repository clamps to [0, 1] inputs normalised to [-1, 1]; inputs here
   are [0, 1] pixels with the normalisation inside the model, so the clamp is the pixel box.)
   Images are uint8 or [0, 1] floats."""
-  layer_fn, logits_fn = as_partial(layer_fn), as_partial(logits_fn)
+  layer_fn, logits_fn = as_partial(layer_fn), as_ncg_jax_layers(logits_fn)
   feats = map_batches(lambda xb: layer_fn(to_input(xb)), train_x, batch_size=batch_size,
                       label="layer features")
   stats = {n: fit_mahalanobis(f, train_y, num_classes) for n, f in feats.items()}
@@ -257,7 +257,7 @@ def fit_mahalanobis_ensemble(layer_fn, logits_fn, train_x, train_y, num_classes:
   def fgsm(xb, yb):
     xb = to_input(xb)
     g = jax.grad(lambda xx: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
-        as_ncg_jax_layers(logits_fn)(xx), yb)))(xb)
+        logits_fn(xx), yb)))(xb)
     return jnp.clip(xb + 0.05 * jnp.sign(g), 0.0, 1.0)
 
   x_adv = map_batches(fgsm, id_x, np.asarray(id_y, np.int32), batch_size=batch_size)

@@ -21,7 +21,8 @@ Two causes of slow gradients on CPU, both measured on CNN002 at batch 128
    Not covered: a block larger than a per-thread arena's 64 MB heap, requested by one of
    XLA's worker threads, is still mmapped and unmapped by glibc (a TRADES step's 85 and
    100 MB temporaries: ~34,000 faults per step). One arena for all threads (M_ARENA_MAX=1)
-   removes those faults but made the train steps slower (PGD-AT by 15-25%, `benchmarks/RESULTS.md`).
+   removes those faults but made the train steps slower (PGD-AT by 15-25%,
+   `benchmarks/RESULTS.md`).
 
 Set NCG_JAX_KEEP_XLA_DEFAULTS=1 before importing ncg_jax to keep both defaults.
 """

@@ -67,7 +67,8 @@ def add_flag() -> bool:
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_cpu_experimental_ynn_fusion_type" in flags:
     return FLAG in flags
-  if not _installed("jaxlib") or not importlib.metadata.version("jaxlib").startswith(VERIFIED_JAXLIB):
+  if (not _installed("jaxlib")
+      or not importlib.metadata.version("jaxlib").startswith(VERIFIED_JAXLIB)):
     return False
   if _backend_started():
     return False

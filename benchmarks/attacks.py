@@ -1,7 +1,10 @@
 """Attack and robust-training throughput on CNN002, each also as a multiple of one
 forward+backward pass (gradient w.r.t. the parameters) of the same batch. The attacks are
 also timed on the same network written in plain Flax (`nn.Conv`, `nn.max_pool`) and passed
-as a function, as a notebook user would.
+as a function, as a notebook user would. Each workload also as model FLOPs per image
+(`common.model_flops`; not for CW-L2, whose early-abort `while` loop `model_flops` counts
+once) and as its FLOP rate against a float32 2048 x 2048 matmul timed in alternation with it
+(how near the machine's attainable matrix rate it runs).
 
 python -m benchmarks.attacks [--batch 128] [--cw_iterations 1000]
 """
@@ -12,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import PlainCNN002, TrainSteps, row, setting, timeit
+from benchmarks.common import (PlainCNN002, TrainSteps, matmul_reference, model_flops, row, setting,
+                               timeit_interleaved)
 from ncg_jax import models
 from ncg_jax.attacks import cw_l2, pgd
 from ncg_jax.train import losses
@@ -37,19 +41,27 @@ def main():
   plain = PlainCNN002(k)
   plain_fn = jax.tree_util.Partial(plain.apply, plain.init(jax.random.key(0), x[:1]))
 
-  fb = jax.jit(jax.grad(lambda p: losses.cross_entropy(model.apply({"params": p}, x)[0], y).mean()))
-  t_fb = timeit(fb, params, repeat=args.repeat)
+  matmul, matmul_flops = matmul_reference()
+  results, flops = {}, {}
+
+  def measure(name, fn, n_flops=None, repeat=args.repeat):
+    t = timeit_interleaved({"w": fn, "matmul": matmul}, repeat=repeat, rounds=2, warmup=1)
+    results[name] = (t["w"], t["matmul"])
+    flops[name] = n_flops
+
+  loss_p = lambda p: losses.cross_entropy(model.apply({"params": p}, x)[0], y).mean()
+  fb = jax.jit(jax.grad(loss_p))
+  measure("forward+backward (params)", lambda: fb(params), model_flops(jax.grad(loss_p), params))
   attack = losses.AttackConfig()
   pgd_fn = jax.jit(lambda f, x, y, key: pgd(f, x, y, eps=attack.eps, norm="l2", steps=10,
                                             step_size=attack.alpha, key=key))
   cw = lambda f: lambda: cw_l2(f, x, y, binary_search_steps=1, max_iterations=args.cw_iterations,
                                abort_early=False, batch_size=b)
-  results = {}
+  cw_name = f"CW-L2, one binary step of {args.cw_iterations} iterations"
   for label, f in (("", logits_fn), (", plain Flax network", plain_fn)):
-    results["PGD-10 (L2)" + label] = timeit(pgd_fn, f, x, y, jax.random.key(0), repeat=args.repeat)
-    results[f"CW-L2, one binary step of {args.cw_iterations} iterations" + label] = timeit(
-        cw(f), repeat=2, warmup=1)
-  t_cw = results[f"CW-L2, one binary step of {args.cw_iterations} iterations"]
+    measure("PGD-10 (L2)" + label, lambda: pgd_fn(f, x, y, jax.random.key(0)),
+            model_flops(pgd_fn, f, x, y, jax.random.key(0)))
+    measure(cw_name + label, cw(f), repeat=1)
   tx = optax.sgd(0.01, momentum=0.9)
   for name in ("ce", "trades6", "advce"):
     step = make_train_step(model, losses.make_loss(name, attack), tx)
@@ -57,14 +69,19 @@ def main():
     state = {"params": fresh, "model_state": {}, "opt": tx.init(fresh)}
     x_u8 = jnp.asarray((rng.random((b, 28, 28, 1)) * 255).astype(np.uint8))
     run_step = TrainSteps(step, state, x_u8, y, jax.random.key(1))
-    results[f"train step {name}"] = timeit(run_step, repeat=args.repeat)
+    measure(f"train step {name}", run_step, model_flops(step, state, x_u8, y, jax.random.key(1)))
 
+  t_fb = results["forward+backward (params)"][0]
+  t_cw = results[cw_name][0]
   print(f"\nCNN002, batch {b}, jax {jax.__version__} ({jax.default_backend()})\n{setting()}\n")
-  print(row("workload", "images/s", "x one forward+backward"))
-  print(row("---", "---", "---"))
-  print(row("forward+backward (params)", f"{b / t_fb:,.0f}", "1.0"))
-  for name, t in results.items():
-    print(row(name, f"{b / t:,.1f}", f"{t / t_fb:.1f}"))
+  print(row("workload", "images/s", "x one forward+backward", "MFLOP per image", "GFLOP/s",
+            "x matmul rate"))
+  print(row(*["---"] * 6))
+  for name, (t, t_mm) in results.items():
+    n = flops[name]
+    print(row(name, f"{b / t:,.1f}", f"{t / t_fb:.1f}", "-" if n is None else f"{n / b / 1e6:,.0f}",
+              "-" if n is None else f"{n / t / 1e9:.0f}",
+              "-" if n is None else f"{(n / t) / (matmul_flops / t_mm):.2f}"))
   print(f"\nCW-L2 per iteration: {t_cw / args.cw_iterations * 1e3:.1f} ms "
         f"({t_cw / args.cw_iterations / t_fb:.2f} x one forward+backward)")
 

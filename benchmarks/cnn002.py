@@ -1,6 +1,11 @@
 """CNN002 speed, ncg_jax vs PyTorch (same network, same weights, same batch), and
 nearest-neighbour queries/s for the faiss and JAX backends beside numpy brute force.
 
+Each figure also as model FLOPs (`common.model_flops`, a multiple of the forward's: what
+"x forward" would be if every program ran at the forward's FLOP rate) and as ncg_jax's FLOP
+rate against a float32 2048 x 2048 matmul timed in the same rounds (how near the machine's
+attainable matrix rate each program runs).
+
 python -m benchmarks.cnn002 [--batch 128] [--threads 2]
 """
 import argparse
@@ -11,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import TrainSteps, row, setting, timeit, timeit_interleaved
+from benchmarks.common import (TrainSteps, matmul_reference, model_flops, row, setting, timeit,
+                               timeit_interleaved)
 from ncg_jax import models, neighbors
 from ncg_jax.train import losses
 from ncg_jax.train.trainer import make_train_step
@@ -103,18 +109,27 @@ def model_rows(batch: int, repeat: int, rounds: int = 5):
              "forward+backward (input)": lambda: grad_x(params, x), "train step": jax_step}
   torch_fns = {"forward": t_fwd, "forward+backward (params)": t_grad_p,
                "forward+backward (input)": t_grad_x, "train step": t_step}
-  tj, tt = {}, {}
-  for name in jax_fns:  # each figure: both frameworks in alternating rounds
-    both = timeit_interleaved({"jax": jax_fns[name], "torch": torch_fns[name]}, repeat=repeat, rounds=rounds)
-    tj[name], tt[name] = both["jax"], both["torch"]
+  flops = {"forward": model_flops(fwd, params, x),
+           "forward+backward (params)": model_flops(jax.grad(ce), params, x),
+           "forward+backward (input)": model_flops(jax.grad(ce, argnums=1), params, x),
+           "train step": model_flops(step, state, x, y, jax.random.key(0))}
+  matmul, matmul_flops = matmul_reference()
+  tj, tt, rate = {}, {}, {}
+  for name in jax_fns:  # each figure: both frameworks and the matmul in alternating rounds
+    t = timeit_interleaved({"jax": jax_fns[name], "torch": torch_fns[name], "matmul": matmul},
+                           repeat=repeat, rounds=rounds)
+    tj[name], tt[name] = t["jax"], t["torch"]
+    rate[name] = (flops[name] / t["jax"]) / (matmul_flops / t["matmul"])
   print(f"\nCNN002, batch {batch}, identical weights (max |logit diff| {err:.1e}), "
         f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads)\n{setting()}\n")
-  print(row("figure", "ncg_jax img/s", "PyTorch img/s", "ncg_jax / PyTorch", "ncg_jax x forward", "PyTorch x forward"))
-  print(row(*["---"] * 6))
+  print(row("figure", "ncg_jax img/s", "PyTorch img/s", "ncg_jax / PyTorch", "ncg_jax x forward", "PyTorch x forward",
+            "FLOPs x forward", "ncg_jax GFLOP/s", "x matmul rate"))
+  print(row(*["---"] * 9))
   for name in tj:
     print(row(name, f"{batch / tj[name]:,.0f}", f"{batch / tt[name]:,.0f}", f"{tt[name] / tj[name]:.2f}",
-              f"{tj[name] / tj['forward']:.1f}", f"{tt[name] / tt['forward']:.1f}"))
+              f"{tj[name] / tj['forward']:.1f}", f"{tt[name] / tt['forward']:.1f}",
+              f"{flops[name] / flops['forward']:.2f}", f"{flops[name] / tj[name] / 1e9:.0f}", f"{rate[name]:.2f}"))
 
 
 def nn_rows(n_db: int, n_q: int, dim: int):

@@ -77,6 +77,15 @@ class TrainSteps:
     return metrics
 
 
+def matmul_reference(n: int = 2048):
+  """A float32 n x n matmul through XLA, as a zero-argument callable, with its FLOPs: the
+  machine's attainable matrix rate, timed beside a workload (the shared VM's speed moves by
+  up to ~2x between hours, so a rate from another moment says little)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), np.float32)
+  mm = jax.jit(lambda m: m @ m)
+  return (lambda: mm(a)), 2.0 * n ** 3
+
+
 def row(*cells) -> str:
   return "| " + " | ".join(str(c) for c in cells) + " |"
 

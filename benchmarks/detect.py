@@ -11,6 +11,7 @@ a user gets when JAX ran before ncg_jax was imported).
 python -m benchmarks.detect [--batch 256] [--loop_images 64] [--no_defaults_run]
 """
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -19,15 +20,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import PlainCNN002, row, setting, timeit, timeit_interleaved
+from benchmarks.common import PlainCNN002, model_flops, row, setting, timeit, timeit_interleaved
 from benchmarks.cnn002 import torch_cnn002
 from ncg_jax import detect, models, xla_cpu
 from ncg_jax.detect import nac
 from ncg_jax.models import Trained
 
 
-def odin_rows(batch: int, repeat: int) -> dict:
-  """Forward and ODIN through ncg_jax's CNN002 and through the plain Flax network."""
+def odin_rows(batch: int, repeat: int) -> tuple[dict, dict]:
+  """Forward and ODIN through ncg_jax's CNN002 and through the plain Flax network: seconds per
+  batch, and model FLOPs (`common.model_flops`) per batch."""
   x = jnp.asarray(np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32))
   model = models.create("cnn002", 9)
   params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
@@ -38,11 +40,13 @@ def odin_rows(batch: int, repeat: int) -> dict:
   plain_fn = lambda xx: plain.apply(pvars, xx)
   own_fwd = jax.jit(lambda xx: model.apply({"params": params}, xx)[0])
   plain_fwd = jax.jit(plain_fn)
-  return timeit_interleaved({
-      "forward (logits)": lambda: own_fwd(x), "ODIN": lambda: detect.odin(own_fn, x),
-      "plain Flax forward": lambda: plain_fwd(x),
-      "plain Flax ODIN (logits_fn=lambda x: net.apply(v, x))": lambda: detect.odin(plain_fn, x)},
-      repeat=max(1, repeat // 2), rounds=4)
+  fns = {"forward (logits)": own_fwd, "ODIN": lambda xx: detect.odin(own_fn, xx),
+         "plain Flax forward": plain_fwd,
+         "plain Flax ODIN (logits_fn=lambda x: net.apply(v, x))": lambda xx: detect.odin(plain_fn, xx)}
+  flops = {name: model_flops(f, x) for name, f in fns.items()}
+  times = timeit_interleaved({name: functools.partial(f, x) for name, f in fns.items()},
+                             repeat=max(1, repeat // 2), rounds=4)
+  return times, flops
 
 
 def jax_rows(batch: int, repeat: int):
@@ -149,13 +153,17 @@ def torch_rows(params, batch: int, loop_images: int, repeat: int):
   }
 
 
-def print_odin(t: dict, batch: int, label: str):
-  print(row("detector", "images/s", "x its network's forward"))
-  print(row("---", "---", "---"))
+def print_odin(t: dict, flops: dict, batch: int, label: str):
+  """The "FLOPs x forward" column is what "x its network's forward" would be if ODIN's
+  programs ran at the forward's FLOP rate: ODIN's floor (a forward, its input VJP, a
+  forward: 3x)."""
+  print(row("detector", "images/s", "x its network's forward", "FLOPs x forward"))
+  print(row("---", "---", "---", "---"))
   for own, name in ((True, "forward (logits)"), (True, "ODIN"), (False, "plain Flax forward"),
                     (False, "plain Flax ODIN (logits_fn=lambda x: net.apply(v, x))")):
-    fwd = t["forward (logits)" if own else "plain Flax forward"]
-    print(row(f"{label} {name}", f"{batch / t[name]:,.0f}", f"{t[name] / fwd:.1f}"))
+    fwd = "forward (logits)" if own else "plain Flax forward"
+    print(row(f"{label} {name}", f"{batch / t[name]:,.0f}", f"{t[name] / t[fwd]:.1f}",
+              f"{flops[name] / flops[fwd]:.2f}"))
 
 
 def main():
@@ -169,10 +177,10 @@ def main():
                   help="skip the second process with XLA's CPU defaults")
   args = ap.parse_args()
   b = args.batch
-  to = odin_rows(b, args.repeat)
+  to, odin_flops = odin_rows(b, args.repeat)
   if args.odin_only:
     print(f"{setting()}\n")
-    print_odin(to, b, "ncg_jax")
+    print_odin(to, odin_flops, b, "ncg_jax")
     return
   import torch
   torch.set_num_threads(args.threads)
@@ -181,7 +189,7 @@ def main():
   fwd = to["forward (logits)"] / b
   print(f"\nCNN002, batch {b}, jax {jax.__version__} ({jax.default_backend()}), "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads)\n{setting()}\n")
-  print_odin(to, b, "ncg_jax")
+  print_odin(to, odin_flops, b, "ncg_jax")
   print()
   print(row("detector", "images/s", "x ncg_jax forward"))
   print(row("---", "---", "---"))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import (PlainCNN002, TrainSteps, matmul_reference, model_flops, row, setting,
+from benchmarks.common import (MatmulReference, PlainCNN002, TrainSteps, model_flops, row, setting,
                                timeit_interleaved)
 from ncg_jax import models
 from ncg_jax.attacks import cw_l2, pgd
@@ -41,7 +41,7 @@ def main():
   plain = PlainCNN002(k)
   plain_fn = jax.tree_util.Partial(plain.apply, plain.init(jax.random.key(0), x[:1]))
 
-  matmul, matmul_flops = matmul_reference()
+  matmul = MatmulReference()
   results, flops = {}, {}
 
   def measure(name, fn, n_flops=None, repeat=args.repeat):
@@ -79,9 +79,9 @@ def main():
   print(row(*["---"] * 6))
   for name, (t, t_mm) in results.items():
     n = flops[name]
-    print(row(name, f"{b / t:,.1f}", f"{t / t_fb:.1f}", "-" if n is None else f"{n / b / 1e6:,.0f}",
-              "-" if n is None else f"{n / t / 1e9:.0f}",
-              "-" if n is None else f"{(n / t) / (matmul_flops / t_mm):.2f}"))
+    rates = (["-"] * 3 if n is None else
+             [f"{n / b / 1e6:,.0f}", f"{n / t / 1e9:.0f}", f"{matmul.fraction(n, t, t_mm):.2f}"])
+    print(row(name, f"{b / t:,.1f}", f"{t / t_fb:.1f}", *rates))
   print(f"\nCW-L2 per iteration: {t_cw / args.cw_iterations * 1e3:.1f} ms "
         f"({t_cw / args.cw_iterations / t_fb:.2f} x one forward+backward)")
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import (TrainSteps, matmul_reference, model_flops, row, setting, timeit,
+from benchmarks.common import (MatmulReference, TrainSteps, model_flops, row, setting, timeit,
                                timeit_interleaved)
 from ncg_jax import models, neighbors
 from ncg_jax.train import losses
@@ -113,13 +113,13 @@ def model_rows(batch: int, repeat: int, rounds: int = 5):
            "forward+backward (params)": model_flops(jax.grad(ce), params, x),
            "forward+backward (input)": model_flops(jax.grad(ce, argnums=1), params, x),
            "train step": model_flops(step, state, x, y, jax.random.key(0))}
-  matmul, matmul_flops = matmul_reference()
+  matmul = MatmulReference()
   tj, tt, rate = {}, {}, {}
   for name in jax_fns:  # each figure: both frameworks and the matmul in alternating rounds
     t = timeit_interleaved({"jax": jax_fns[name], "torch": torch_fns[name], "matmul": matmul},
                            repeat=repeat, rounds=rounds)
     tj[name], tt[name] = t["jax"], t["torch"]
-    rate[name] = (flops[name] / t["jax"]) / (matmul_flops / t["matmul"])
+    rate[name] = matmul.fraction(flops[name], t["jax"], t["matmul"])
   print(f"\nCNN002, batch {batch}, identical weights (max |logit diff| {err:.1e}), "
         f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads)\n{setting()}\n")

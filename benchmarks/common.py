@@ -77,13 +77,22 @@ class TrainSteps:
     return metrics
 
 
-def matmul_reference(n: int = 2048):
-  """A float32 n x n matmul through XLA, as a zero-argument callable, with its FLOPs: the
-  machine's attainable matrix rate, timed beside a workload (the shared VM's speed moves by
-  up to ~2x between hours, so a rate from another moment says little)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), np.float32)
-  mm = jax.jit(lambda m: m @ m)
-  return (lambda: mm(a)), 2.0 * n ** 3
+class MatmulReference:
+  """A float32 n x n matmul through XLA, called with no arguments, to be timed beside a
+  workload: the machine's attainable matrix rate at that moment (the shared VM's speed moves
+  by up to ~2x between hours, so a rate from another moment says little)."""
+
+  def __init__(self, n: int = 2048):
+    self._a = jax.random.normal(jax.random.key(0), (n, n), np.float32)
+    self._mm = jax.jit(lambda m: m @ m)
+    self.flops = 2.0 * n ** 3
+
+  def __call__(self):
+    return self._mm(self._a)
+
+  def fraction(self, flops: float, seconds: float, matmul_seconds: float) -> float:
+    """A workload's FLOP rate as a fraction of this matmul's, both timed in the same rounds."""
+    return (flops / seconds) / (self.flops / matmul_seconds)
 
 
 def row(*cells) -> str:

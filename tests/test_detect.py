@@ -9,7 +9,8 @@ from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 
 from ncg_jax import detect, models
-from ncg_jax.detect import nac
+from ncg_jax.detect import distances, gradients, nac
+from ncg_jax.functional import as_partial, in_row_chunks
 from ncg_jax.models import Trained
 
 
@@ -91,7 +92,6 @@ def test_as_ncg_jax_layers_keeps_values_and_gradients_of_flax_pooling_and_convol
 
 
 def test_in_row_chunks_maps_rows_in_chunks_with_the_same_values_and_gradients():
-  from ncg_jax.functional import in_row_chunks
   w = jax.random.normal(jax.random.key(0), (3, 3, 1, 4))
   f = lambda x: jnp.tanh(jax.lax.conv_general_dilated(
       x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))).sum(axis=(1, 2))
@@ -102,6 +102,29 @@ def test_in_row_chunks_maps_rows_in_chunks_with_the_same_values_and_gradients():
   np.testing.assert_allclose(jax.grad(loss(g))(x), jax.grad(loss(f))(x), rtol=1e-4, atol=1e-5)
   assert "scan" in str(jax.make_jaxpr(g)(x))  # three chunks of 8 rows
   assert "scan" not in str(jax.make_jaxpr(g)(x[:20]))  # 20 rows: not a multiple of 8
+
+
+def test_rowwise_value_and_grad_chunks_the_gradient_and_its_row_arguments():
+  """Values, aux and input gradient as `jax.value_and_grad` of the summed per-row values;
+  the labels travel with their rows; on the CPU one loop holds each chunk's forward and VJP."""
+  from ncg_jax.functional import rowwise_value_and_grad
+  w = jax.random.normal(jax.random.key(0), (3, 3, 1, 4))
+  x = jax.random.normal(jax.random.key(1), (192, 6, 6, 1))
+  y = jnp.arange(192) % 4
+
+  def per_row(xx, yy):
+    z = jnp.tanh(jax.lax.conv_general_dilated(
+        xx, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))).sum(axis=(1, 2))
+    return -jnp.take_along_axis(jax.nn.log_softmax(z), yy[:, None], axis=-1)[:, 0], z
+
+  (v, z), g = rowwise_value_and_grad(per_row)(x, y)
+  (_, (v0, z0)), g0 = jax.value_and_grad(lambda xx: (jnp.sum(per_row(xx, y)[0]), per_row(xx, y)),
+                                         has_aux=True)(x)
+  np.testing.assert_allclose(v, v0, rtol=1e-5)
+  np.testing.assert_allclose(z, z0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-6)
+  assert str(jax.make_jaxpr(rowwise_value_and_grad(per_row))(x, y)).count("scan[") == 1
+  assert "scan[" not in str(jax.make_jaxpr(rowwise_value_and_grad(per_row))(x[:100], y[:100]))
 
 
 def plain_flax_net(x, outputs: int):
@@ -127,6 +150,10 @@ def test_odin_through_a_plain_flax_network_equals_odin_from_xla_gradients():
                                                                    jnp.argmax(f(x), -1)]))(x)
   ref = jnp.max(jax.nn.softmax(f(x - eps * jnp.where(g >= 0, 1.0, -1.0)) / t), axis=-1)
   np.testing.assert_allclose(detect.odin(f, x, temperature=t, epsilon=eps), ref, rtol=1e-6)
+  # one loop: each chunk's forward and VJP together (differentiating a chunked forward makes
+  # two, the second reading activations stacked by the first)
+  jaxpr = jax.make_jaxpr(gradients._odin_perturb)(as_partial(f), x, t, eps, jnp.float32(1.0))
+  assert str(jaxpr).count("scan[") == 1
 
 
 @pytest.mark.parametrize("temperature", [1.0, 3.0])
@@ -294,11 +321,9 @@ def test_mahalanobis_preprocessing_on_a_linear_feature_map():
 def test_mahalanobis_preprocessing_of_a_plain_flax_network_runs_without_select_and_scatter():
   """Through `as_ncg_jax_layers` (as ODIN): same scores as from XLA's own gradient of the
   network, and no `select_and_scatter` (XLA:CPU's scalar pooling gradient) compiled."""
-  from ncg_jax.detect import distances
-  from ncg_jax.functional import as_partial
-  x = jax.random.uniform(jax.random.key(1), (40, 8, 8, 1))
+  x = jax.random.uniform(jax.random.key(1), (128, 8, 8, 1))  # two chunks of 64 on the CPU
   f = plain_flax_net(x, 3)
-  stats = detect.fit_mahalanobis(np.asarray(f(x)), np.arange(40) % 2, 2)
+  stats = detect.fit_mahalanobis(np.asarray(f(x)), np.arange(128) % 2, 2)
   closest = lambda xx: jnp.sum(jnp.min(distances.mahalanobis_distances(stats, f(xx)), axis=-1))
   g = jax.grad(closest)(x)
   ref = detect.mahalanobis(stats, f(x - 0.01 * jnp.where(g >= 0, 1.0, -1.0)))
@@ -306,11 +331,12 @@ def test_mahalanobis_preprocessing_of_a_plain_flax_network_runs_without_select_a
                              rtol=1e-5, atol=1e-5)
   hlo = distances._mahalanobis_preprocessed.lower(as_partial(f), stats, x, 0.01).as_text()
   assert "select_and_scatter" not in hlo
+  jaxpr = jax.make_jaxpr(distances._mahalanobis_preprocessed)(as_partial(f), stats, x, 0.01)
+  assert str(jaxpr).count("scan[") == 1  # chunked gradient, as ODIN's
   assert "select_and_scatter" in jax.jit(jax.grad(closest)).lower(x).as_text()
 
 
 def test_layer_ensemble_scores_are_per_layer_mahalanobis_of_mean_pooled_maps():
-  from ncg_jax.detect import distances
   model = models.create("cnn002", 3)
   params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
   x = np.asarray(jax.random.uniform(jax.random.key(1), (60, 28, 28, 1)))

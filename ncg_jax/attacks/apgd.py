@@ -31,7 +31,7 @@ from jax import lax
 
 from ncg_jax.attacks.pgd import pgd
 from ncg_jax.batching import map_batches
-from ncg_jax.functional import as_partial
+from ncg_jax.functional import as_partial, rowwise_value_and_grad
 from ncg_jax.models.layers import as_ncg_jax_layers
 from ncg_jax.models.trained import to_input
 
@@ -76,12 +76,13 @@ def _single_run(logits_fn, x, y, key, eps, *, norm, loss, steps, clip, rho=0.75)
   k0, k_min, decr = max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(int(0.03 * n), 1)
   bshape = (x.shape[0],) + (1,) * (x.ndim - 1)
 
+  def per_example(xa, yy):
+    logits = logits_fn(xa)
+    return loss_fn(logits, yy), logits
+  rowwise = rowwise_value_and_grad(per_example)  # in row chunks on the CPU, as `ascend`
+
   def value_grad(xa):
-    def total(xa_):
-      logits = logits_fn(xa_)
-      per = loss_fn(logits, y)
-      return jnp.sum(per), (per, logits)
-    (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(xa)
+    (per, logits), g = rowwise(xa, y)
     return per, logits, g
 
   if norm == "linf":

@@ -20,7 +20,7 @@ import optax
 from ncg_jax import neighbors
 from ncg_jax.batching import map_batches
 from ncg_jax.detect import metrics
-from ncg_jax.functional import as_partial
+from ncg_jax.functional import as_partial, rowwise_value_and_grad
 from ncg_jax.models.layers import as_ncg_jax_layers
 from ncg_jax.models.trained import to_input
 
@@ -72,9 +72,9 @@ def rmds(stats, features):
 def _mahalanobis_preprocessed(features_fn, stats, x, epsilon):
   features_fn = as_ncg_jax_layers(features_fn)
 
-  def closest(xx):
-    return jnp.sum(jnp.min(mahalanobis_distances(stats, features_fn(xx)), axis=-1))
-  g = jax.grad(closest)(x)
+  def closest(xx):  # per example: the distance to its closest class Gaussian
+    return jnp.min(mahalanobis_distances(stats, features_fn(xx)), axis=-1), ()
+  _, g = rowwise_value_and_grad(closest)(x)
   return mahalanobis(stats, features_fn(x - epsilon * jnp.where(g >= 0, 1.0, -1.0)))
 
 
@@ -82,7 +82,8 @@ def mahalanobis_preprocessed(features_fn, stats, x, *, epsilon: float = 0.0014):
   """Lee et al.'s input preprocessing: step x by epsilon against the gradient sign of the
   distance to the closest class Gaussian, then score the perturbed input's features.
   `features_fn` is differentiated through `models.layers.as_ncg_jax_layers`, as ODIN's
-  `logits_fn` (fast gradients of a plain Flax network's pools and convolutions on the CPU)."""
+  `logits_fn` (fast gradients of a plain Flax network's pools and convolutions on the CPU),
+  and on the CPU in chunks of 64 rows (`functional.rowwise_value_and_grad`)."""
   return _mahalanobis_preprocessed(as_partial(features_fn), stats, jnp.asarray(x, jnp.float32),
                                    jnp.float32(epsilon))
 

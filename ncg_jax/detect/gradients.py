@@ -19,18 +19,20 @@ import jax
 import jax.numpy as jnp
 
 from ncg_jax.detect.scores import linear_head
-from ncg_jax.functional import as_partial, in_row_chunks
+from ncg_jax.functional import as_partial, rowwise_value_and_grad
 from ncg_jax.models.layers import as_ncg_jax_layers
 
 
 @jax.jit
 def _odin_perturb(logits_fn, x, temperature, epsilon, input_std):
-  def loss(xx):
-    logits = in_row_chunks(as_ncg_jax_layers(logits_fn))(xx)
+  net = as_ncg_jax_layers(logits_fn)
+
+  def loss(xx):  # per example: its own CE against its own predicted label
+    logits = net(xx)
     label = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
-    return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits / temperature),
-                                        label[:, None], axis=-1))
-  g = jax.grad(loss)(x)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits / temperature), label[:, None],
+                                axis=-1)[:, 0], ()
+  _, g = rowwise_value_and_grad(loss)(x)
   std = input_std.reshape((1,) * (g.ndim - input_std.ndim) + input_std.shape)  # per channel
   direction = jnp.where(g >= 0, 1.0, -1.0) / std
   return x - epsilon * direction
@@ -55,8 +57,8 @@ def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon: float = 0.0014,
   `select_and_scatter` (same values; at an exact tie inside a window the gradient is shared
   by the tied elements instead of going to the first, so the direction can differ there and
   only there) and its `nn.Conv`s through ncg_jax's convolution VJP; and on the CPU in chunks
-  of 64 rows (`functional.in_row_chunks`: CNN002's perturbation at batch 256 took 94 ms in
-  one piece, 64-70 ms in four)."""
+  of 64 rows, each chunk's forward and VJP together (`functional.rowwise_value_and_grad`:
+  CNN002's perturbation at batch 256 took 94 ms in one piece, 64-70 ms in four)."""
   logits_fn = as_partial(logits_fn)
   t = jnp.float32(temperature)
   x_perturbed = _odin_perturb(logits_fn, jnp.asarray(x, jnp.float32), t, jnp.float32(epsilon),

@@ -89,9 +89,10 @@ def make_trades(beta: str, attack: AttackConfig | None = None):
     f_eval = _eval_logits(forward, jax.lax.stop_gradient(params), model_state)
     p_clean = jax.lax.stop_gradient(f_eval(x))
     x_start = x + 0.001 * jax.random.normal(k_init, x.shape, x.dtype)
-    x_adv = jax.lax.stop_gradient(ascend(lambda xa: kl_softmax(p_clean, f_eval(xa)), x, x_start,
+    x_adv = jax.lax.stop_gradient(ascend(lambda xa, p: kl_softmax(p, f_eval(xa)), x, x_start,
                                          eps=a.eps, norm=a.norm, steps=a.steps,
-                                         step_size=a.alpha, clip=a.clip, key=k_init))
+                                         step_size=a.alpha, clip=a.clip, key=k_init,
+                                         rows=(p_clean,)))
     logits, model_state = forward(params, model_state, x, train=True, key=k_nat)
     logits_adv, model_state = forward(params, model_state, x_adv, train=True, key=k_adv)
     logits_kl, model_state = forward(params, model_state, x, train=True, key=k_kl)
@@ -108,8 +109,9 @@ def make_advce(attack: AttackConfig | None = None):
     k_start, k_drop = jax.random.split(key)
     f_eval = _eval_logits(forward, jax.lax.stop_gradient(params), model_state)
     x_adv = jax.lax.stop_gradient(ascend(
-        lambda xa: cross_entropy(f_eval(xa), y), x, random_start(k_start, x, a.eps, a.norm, a.clip),
-        eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.alpha, clip=a.clip))
+        lambda xa, yy: cross_entropy(f_eval(xa), yy), x,
+        random_start(k_start, x, a.eps, a.norm, a.clip),
+        eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.alpha, clip=a.clip, rows=(y,)))
     logits, model_state = forward(params, model_state, x_adv, train=True, key=k_drop)
     return cross_entropy(logits, y).mean(), (model_state, logits)
   return loss_fn

@@ -10,7 +10,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from ncg_jax import detect, models
 from ncg_jax.detect import distances, gradients, nac
-from ncg_jax.functional import as_partial, in_row_chunks
+from ncg_jax.functional import as_partial, in_row_chunks, rowwise_value_and_grad
 from ncg_jax.models import Trained
 
 
@@ -107,7 +107,6 @@ def test_in_row_chunks_maps_rows_in_chunks_with_the_same_values_and_gradients():
 def test_rowwise_value_and_grad_chunks_the_gradient_and_its_row_arguments():
   """Values, aux and input gradient as `jax.value_and_grad` of the summed per-row values;
   the labels travel with their rows; on the CPU one loop holds each chunk's forward and VJP."""
-  from ncg_jax.functional import rowwise_value_and_grad
   w = jax.random.normal(jax.random.key(0), (3, 3, 1, 4))
   x = jax.random.normal(jax.random.key(1), (192, 6, 6, 1))
   y = jnp.arange(192) % 4

@@ -21,11 +21,12 @@ def in_row_chunks(fn, rows: int = 64):
   chunks of 64 (the 2-core VM of `benchmarks/RESULTS.md`; 28 ms at batch 128): at 256 rows
   the backward pass's working set no longer fits the caches. Per row the arithmetic stayed
   the same there (gradients bitwise equal at 64 and 256 rows; not at 32, where XLA:CPU's
-  convolution blocks differently). A GPU wants the whole batch at once and gets `fn`
-  unchanged. For row-independent functions only (no BatchNorm in training mode). Inside the
-  loop a convolution's kernel is a loop constant: give user networks
-  `models.layers.as_ncg_jax_layers` first, or their convolution gradients get slow. For
-  gradients use `rowwise_value_and_grad`, which chunks the gradient itself."""
+  dense-layer products round differently; its convolutions give the same bits at 32 rows).
+  A GPU wants the whole batch at once and gets `fn` unchanged. For row-independent
+  functions only (no BatchNorm in training mode). Inside the loop a convolution's kernel is
+  a loop constant: give user networks `models.layers.as_ncg_jax_layers` first, or their
+  convolution gradients get slow. For gradients use `rowwise_value_and_grad`, which chunks
+  the gradient itself."""
   def chunked(*args):
     b = jax.tree.leaves(args)[0].shape[0]
     if jax.default_backend() != "cpu" or b <= rows or b % rows:

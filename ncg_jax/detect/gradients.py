@@ -57,8 +57,10 @@ def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon: float = 0.0014,
   `select_and_scatter` (same values; at an exact tie inside a window the gradient is shared
   by the tied elements instead of going to the first, so the direction can differ there and
   only there) and its `nn.Conv`s through ncg_jax's convolution VJP; and on the CPU in chunks
-  of 64 rows, each chunk's forward and VJP together (`functional.rowwise_value_and_grad`:
-  CNN002's perturbation at batch 256 took 94 ms in one piece, 64-70 ms in four)."""
+  of 64 rows, each chunk's forward and VJP together (`functional.rowwise_value_and_grad`,
+  whose docstring has that form's figures; before it, CNN002's perturbation at batch 256
+  took 94 ms in one piece and 64-70 ms with only its forward in four chunks,
+  `benchmarks/RESULTS.md`)."""
   logits_fn = as_partial(logits_fn)
   t = jnp.float32(temperature)
   x_perturbed = _odin_perturb(logits_fn, jnp.asarray(x, jnp.float32), t, jnp.float32(epsilon),

@@ -50,6 +50,12 @@ def test_max_pool_matches_flax_values_and_gradient():
   g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * w))(x)
   g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
   np.testing.assert_array_equal(g, g_ref)
+  # at an exact tie XLA (like PyTorch's MaxPool2d) gives the gradient to the first maximum,
+  # max_pool_2x2 shares it: the difference its docstring and the README record
+  tie = jnp.zeros((1, 2, 2, 1)).at[0, 0, 1, 0].set(1.0).at[0, 1, :, 0].set(1.0)
+  np.testing.assert_allclose(jax.grad(lambda x: max_pool_2x2(x).sum())(tie)[0, :, :, 0],
+                             [[0, 1 / 3], [1 / 3, 1 / 3]], rtol=1e-6)
+  np.testing.assert_array_equal(jax.grad(lambda x: ref(x).sum())(tie)[0, :, :, 0], [[0, 1], [0, 0]])
 
 
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])

@@ -16,6 +16,14 @@ def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   `nn.max_pool` lowers to `reduce_window`, whose gradient is `select_and_scatter`,
   which XLA:CPU runs as a slow scalar loop; the reshape form differentiates into an
   elementwise compare-and-select. Same values and, away from ties, the same gradient.
+
+  At an exact tie inside a window, JAX's derivative of `max` shares the gradient among the
+  tied elements; XLA's `select_and_scatter` and PyTorch's `MaxPool2d` (the NCG paper's
+  CNN002) give all of it to the first maximum in row-major window order.
+  Tied zeros carry no gradient past a ReLU either way; tied positive maxima were 0.3-1.0% of
+  the first pooling's windows and none of the second's for the three CNN002 runs of
+  `make demo` on their ID test images (counted 2026-12-01). Matching PyTorch here would
+  change the robust trainings' figures, so it is recorded rather than changed.
   """
   b, h, w, c = x_BxHxWxC.shape
   x = x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c)
@@ -207,8 +215,8 @@ def as_ncg_jax_layers(fn):
     differentiates `reduce_window` max into `select_and_scatter`, which XLA:CPU runs as a
     scalar loop (~60 of ~190 ms of ODIN through a plain Flax CNN002 at batch 256); the
     reshape form differentiates into an elementwise select. The gradient differs only at
-    exact ties inside a window, which XLA gives to one element and the reshape form shares
-    (ReLU-then-pool zeros carry no gradient either way).
+    exact ties inside a window, which XLA gives to the first maximum (as PyTorch does) and
+    the reshape form shares (ReLU-then-pool zeros carry no gradient either way).
   - Every stride-1, undilated, ungrouped NHWC/HWIO float32 convolution at the default
     precision (`nn.Conv`'s) as `conv2d_for_backend`, explicit padding other than VALID or
     SAME applied to the input first: the custom VJP on the CPU (its input gradient keeps a

@@ -20,10 +20,11 @@ def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   At an exact tie inside a window, JAX's derivative of `max` shares the gradient among the
   tied elements; XLA's `select_and_scatter` and PyTorch's `MaxPool2d` (the NCG paper's
   CNN002) give all of it to the first maximum in row-major window order.
-  Tied zeros carry no gradient past a ReLU either way; tied positive maxima were 0.3-1.0% of
-  the first pooling's windows and none of the second's for the three CNN002 runs of
-  `make demo` on their ID test images (counted 2026-12-01). Matching PyTorch here would
-  change the robust trainings' figures, so it is recorded rather than changed.
+  Tied zeros carry no gradient past a ReLU either way. Tied positive maxima (windows whose
+  positive maximum two or more elements reach) were 0.3-1.0% of the first pooling's windows
+  and none of the second's, counted on the 323 ID test images through the three pixel-space
+  CNN002 checkpoints of a `make demo` run (a `/tmp` probe, 2026-12-01). Matching PyTorch here
+  would change the robust trainings' figures, so it is recorded rather than changed.
   """
   b, h, w, c = x_BxHxWxC.shape
   x = x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c)

@@ -95,8 +95,9 @@ def test_run_names_carry_norm_and_eps():
 
 
 def test_trades_model_is_more_robust_than_ce_on_digits(digits9, tmp_path):
-  """Trained briefly on a digits subset, TRADES(6) has a larger mean CW-L2 radius (measured
-  2026-11-23: 2.25 against 1.15)."""
+  """Trained briefly on a digits subset, TRADES(6) has a larger mean CW-L2 radius over 24
+  correctly classified images (measured 2026-12-01: 2.24 against 1.13; over 48 images 2.25
+  against 1.15, twice the attack's time)."""
   split = data.Split(digits9.train.x[:512], digits9.train.y[:512])
   cfg = TrainConfig(batch_size=64, epochs=8, milestones=(6,), lr=0.05)
   attack = losses.AttackConfig(eps=2.0, steps=5)
@@ -105,8 +106,8 @@ def test_trades_model_is_more_robust_than_ce_on_digits(digits9, tmp_path):
     trained = train(models.create("cnn002", 9), split, dataclasses.replace(cfg, loss=loss),
                     str(tmp_path / loss), attack=attack, log=lambda s: None)
     logits, _ = logits_and_features(trained, split.x)
-    correct = np.flatnonzero(logits.argmax(1) == split.y)[:48]
-    assert len(correct) == 48
+    correct = np.flatnonzero(logits.argmax(1) == split.y)[:24]
+    assert len(correct) == 24
     x = split.x[correct].astype(np.float32) / 255.0
     adv, ok = cw_l2(trained.logits_fn(), x, split.y[correct], binary_search_steps=4,
                     max_iterations=100, initial_const=1.0)

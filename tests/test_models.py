@@ -77,6 +77,61 @@ def test_conv2d_matches_lax_values_and_both_gradients(padding, in_channels, kern
   jax.config.update("jax_default_matmul_precision", None)
 
 
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+@pytest.mark.parametrize("in_channels,out_channels,kernel", [(1, 32, 3), (1, 8, 5), (2, 16, 3),
+                                                             (3, 64, 3)])
+def test_conv2d_forward_under_differentiation_is_bitwise_the_convolution(
+    padding, in_channels, out_channels, kernel):
+  """The few-input-channel forward (`layers._conv_by_taps`) gives XLA:CPU's convolution bit
+  for bit, signs of zero included, on digit-like inputs (many exact zeros, negative weights)."""
+  from jax import lax
+  from ncg_jax.models import layers
+  assert in_channels <= layers._TAPS_MAX_IN and out_channels >= layers._TAPS_MIN_OUT
+  rng = np.random.default_rng(in_channels + kernel)
+  x = rng.random((6, 12, 11, in_channels), dtype=np.float32)
+  x[x < 0.5] = 0.0
+  x[:, :7, :7] = 0.0  # a blank corner, as digits have: outputs that are exact zeros
+  w = rng.normal(size=(kernel, kernel, in_channels, out_channels)).astype(np.float32)
+  w[..., :4] = -np.abs(w[..., :4])
+  ref = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), padding,
+                                                      dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  ours = jax.jit(lambda x, w: jax.vjp(lambda a, b: layers.conv2d(a, b, padding), x, w)[0])
+  a, b = np.asarray(ours(x, w)), np.asarray(ref(x, w))
+  assert (b == 0).any() and not np.signbit(b[b == 0]).any()
+  np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+
+
+def test_cnn002_gradients_are_bitwise_the_same_with_the_few_channel_forward(monkeypatch):
+  """CNN002's parameter gradient, input gradient and TRADES loss and gradient compile to the
+  same bits whether conv1's forward under differentiation is the taps form or XLA's
+  convolution (TRADES's clean prediction goes through the differentiated forward)."""
+  from ncg_jax.models import layers
+  from ncg_jax.train import losses
+  from ncg_jax.train.trainer import make_forward
+  model = models.create("cnn002", 9)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, 9))
+  rng = np.random.default_rng(0)
+  x = rng.random((32, 28, 28, 1), dtype=np.float32)
+  x[x < 0.5] = 0.0
+  y = jnp.arange(32) % 9
+  forward = make_forward(model)
+  trades = losses.make_loss("trades6", losses.AttackConfig(steps=2))
+
+  def grads():
+    def ce(p, xx):
+      logits = model.apply({"params": p}, xx)[0]
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+    step = lambda p: trades(forward, p, {}, jnp.asarray(x), y, jax.random.key(2))[0]
+    return (jax.jit(jax.grad(ce, argnums=(0, 1)))(params, jnp.asarray(x)),
+            jax.jit(jax.value_and_grad(step))(params))
+  taps = grads()
+  monkeypatch.setattr(layers, "_TAPS_MAX_IN", 0)
+  plain = grads()
+  for a, b in zip(jax.tree.leaves(taps), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(np.asarray(a).view(np.int32), np.asarray(b).view(np.int32))
+
+
 def test_conv_layers_use_the_custom_gradient_on_the_cpu_backend_only(monkeypatch):
   from ncg_jax.models import layers
   x, w = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))

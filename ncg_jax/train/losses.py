@@ -87,7 +87,12 @@ def make_trades(beta: str, attack: AttackConfig | None = None):
   def loss_fn(forward, params, model_state, x, y, key):
     k_init, k_nat, k_adv, k_kl = jax.random.split(key, 4)
     f_eval = _eval_logits(forward, jax.lax.stop_gradient(params), model_state)
-    p_clean = jax.lax.stop_gradient(f_eval(x))
+    # the clean prediction through the differentiated forward (its gradient stopped after
+    # it), the form the train-mode passes below take: XLA computes the layers before the
+    # first dropout once for p_clean and f(x). On the CPU that form's first convolution is
+    # `layers._conv_by_taps`; through the plain forward p_clean would come from XLA's fused
+    # forward instead, whose last bits differ and move the 300-step trainings' figures
+    p_clean = jax.lax.stop_gradient(_eval_logits(forward, params, model_state)(x))
     x_start = x + 0.001 * jax.random.normal(k_init, x.shape, x.dtype)
     x_adv = jax.lax.stop_gradient(ascend(lambda xa, p: kl_softmax(p, f_eval(xa)), x, x_start,
                                          eps=a.eps, norm=a.norm, steps=a.steps,

@@ -54,15 +54,18 @@ def conv2d(x_BxHxWxI: jnp.ndarray, w_HxWxIxO: jnp.ndarray, padding: str = "VALID
 
 
 # `conv2d`'s forward under differentiation computes convolutions with at most this many input
-# channels and at least this many output channels as shifted multiply-adds (`_conv_by_taps`)
-_TAPS_MAX_IN, _TAPS_MIN_OUT = 3, 8
+# channels, at least this many output channels and at most this many terms per patch
+# (kh * kw * input channels: 7 x 7 x 3, the largest checked; Eigen restarts its chain after
+# 288 terms, where one chain would differ) as shifted multiply-adds (`_conv_by_taps`)
+_TAPS_MAX_IN, _TAPS_MIN_OUT, _TAPS_MAX_TERMS = 3, 8, 147
 
 
 def _conv_by_taps(x, w, padding):
   """The stride-1 convolution as one multiply-add per kernel tap and input channel, in
   (kh, kw, in-channel) order: bitwise XLA:CPU's Eigen convolution where that runs one
   multiply-add chain over the patch from +0 (checked in `tests/test_models.py` for 1-3 input
-  channels and 8-64 outputs, 'VALID' and 'SAME'), and XLA fuses it into one elementwise loop.
+  channels, 8-64 outputs, kernels up to 7 x 7, 'VALID' and 'SAME'), and XLA fuses it into one
+  elementwise loop.
 
   XLA:CPU contracts `a * b + c` into a fused multiply-add, and `p + q` of two products into
   fma(p's factors, q rounded); so the chain below is fma(x_1, w_1, x_0 w_0), then fma(x_k,
@@ -91,7 +94,8 @@ def _conv2d_fwd(x, w, padding):
   `make demo`'s results byte-identical (`benchmarks/RESULTS.md`). One output channel is left
   to `_conv` (Eigen's matrix-vector path sums in another order). The primal function keeps
   `_conv`, which XLA fuses into the whole-network YNN forward."""
-  if x.shape[-1] <= _TAPS_MAX_IN and w.shape[-1] >= _TAPS_MIN_OUT:
+  kh, kw, ci, co = w.shape
+  if ci <= _TAPS_MAX_IN and co >= _TAPS_MIN_OUT and kh * kw * ci <= _TAPS_MAX_TERMS:
     return _conv_by_taps(x, w, padding), (x, w)
   return _conv(x, w, padding), (x, w)
 

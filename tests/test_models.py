@@ -79,7 +79,7 @@ def test_conv2d_matches_lax_values_and_both_gradients(padding, in_channels, kern
 
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 @pytest.mark.parametrize("in_channels,out_channels,kernel", [(1, 32, 3), (1, 8, 5), (2, 16, 3),
-                                                             (3, 64, 3), (3, 16, 7)])
+                                                             (3, 64, 3)])
 def test_conv2d_forward_under_differentiation_is_bitwise_the_convolution(
     padding, in_channels, out_channels, kernel):
   """The few-input-channel forward (`layers._conv_by_taps`) gives XLA:CPU's convolution bit
@@ -91,7 +91,7 @@ def test_conv2d_forward_under_differentiation_is_bitwise_the_convolution(
   rng = np.random.default_rng(in_channels + kernel)
   x = rng.random((6, 12, 11, in_channels), dtype=np.float32)
   x[x < 0.5] = 0.0
-  x[:, :9, :9] = 0.0  # a blank corner, as digits have: outputs that are exact zeros
+  x[:, :7, :7] = 0.0  # a blank corner, as digits have: outputs that are exact zeros
   w = rng.normal(size=(kernel, kernel, in_channels, out_channels)).astype(np.float32)
   w[..., :4] = -np.abs(w[..., :4])
   ref = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), padding,

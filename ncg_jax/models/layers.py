@@ -55,17 +55,19 @@ def conv2d(x_BxHxWxI: jnp.ndarray, w_HxWxIxO: jnp.ndarray, padding: str = "VALID
 
 # `conv2d`'s forward under differentiation computes convolutions with at most this many input
 # channels, at least this many output channels and at most this many terms per patch
-# (kh * kw * input channels: 7 x 7 x 3, the largest checked; Eigen restarts its chain after
-# 288 terms, where one chain would differ) as shifted multiply-adds (`_conv_by_taps`)
-_TAPS_MAX_IN, _TAPS_MIN_OUT, _TAPS_MAX_TERMS = 3, 8, 147
+# (kh * kw * input channels) as shifted multiply-adds (`_conv_by_taps`). Eigen cuts longer
+# patches into blocks whose length follows the caches and the output width (here 288 terms
+# with 32 outputs, 144 with one), and a single chain then differs; 27 (3 x 3 x 3) stays far
+# below any such block on other machines too (7 x 7 x 3 was bitwise equal here, and is left out)
+_TAPS_MAX_IN, _TAPS_MIN_OUT, _TAPS_MAX_TERMS = 3, 8, 27
 
 
 def _conv_by_taps(x, w, padding):
   """The stride-1 convolution as one multiply-add per kernel tap and input channel, in
   (kh, kw, in-channel) order: bitwise XLA:CPU's Eigen convolution where that runs one
   multiply-add chain over the patch from +0 (checked in `tests/test_models.py` for 1-3 input
-  channels, 8-64 outputs, kernels up to 7 x 7, 'VALID' and 'SAME'), and XLA fuses it into one
-  elementwise loop.
+  channels, 8-64 outputs, 3 x 3 and 5 x 5 kernels, 'VALID' and 'SAME'), and XLA fuses it into
+  one elementwise loop.
 
   XLA:CPU contracts `a * b + c` into a fused multiply-add, and `p + q` of two products into
   fma(p's factors, q rounded); so the chain below is fma(x_1, w_1, x_0 w_0), then fma(x_k,

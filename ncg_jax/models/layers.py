@@ -86,24 +86,52 @@ def _conv_by_taps(x, w, padding):
   return jnp.where(acc == 0, jnp.zeros((), acc.dtype), acc)
 
 
+def _uses_taps(w) -> bool:
+  kh, kw, ci, co = w.shape
+  return ci <= _TAPS_MAX_IN and co >= _TAPS_MIN_OUT and kh * kw * ci <= _TAPS_MAX_TERMS
+
+
+def _channels_first_copy(x):
+  """x (N, H, W, C) as a (C, H, W, N) array that XLA:CPU materialises as such.
+
+  A gradient program needs a few-channel layer's output twice: as (N, H, W, C') for the next
+  convolution and transposed, (C', H, W, N), for that convolution's weight gradient. XLA
+  fuses the taps into both. Read from an (N, H, W, C) input, the transposed fusion gathers
+  one scalar per tap and batch element (CNN002's conv1 with its ReLU at batch 128: 3.5 ms);
+  read from a (C, H, W, N) copy of the input it runs along contiguous rows (0.7 ms, and the
+  (N, H, W, C') fusion 0.68 ms against 0.63). The copy is made inside a conditional on a
+  runtime value, with the same transpose in both branches, because XLA otherwise folds the
+  transpose back into its consumers; its result is flat (1-D has one layout), because layout
+  assignment would otherwise give it the input's physical layout and make the transpose a
+  no-op."""
+  n, h, w, c = x.shape
+  to_chwn = lambda v: v.transpose(3, 1, 2, 0).reshape(-1)
+  flat = lax.cond(jnp.isnan(x.reshape(-1)[:1]).any(), to_chwn, to_chwn, x)
+  return flat.reshape(c, h, w, n)
+
+
 def _conv2d_fwd(x, w, padding):
   """The forward under differentiation. On XLA:CPU's Eigen path a convolution with one to
   three input channels spends most of its time packing patches (batch 64, with ReLU: CNN002's
   conv1 1.9 ms, as `_conv_by_taps` 0.5 ms; 3 -> 16 'SAME' on 32 x 32: 3.4 and 1.1 ms; 3 -> 64:
-  5.0 and 3.1 ms), so such convolutions run as taps here, bitwise the same. CNN002, interleaved
-  medians on the 2-core VM: parameter gradient at batch 128 66.2 -> 59.8 ms, input gradient
+  5.0 and 3.1 ms), so such convolutions run as taps here, bitwise the same, read from a
+  channels-first copy of the input (`_channels_first_copy`), which is also the residual the
+  weight gradient reads. CNN002, interleaved medians on the 2-core VM: parameter gradient at
+  batch 128 66.2 -> 59.8 ms with the taps and a further 3.5% with the copy, input gradient
   44.2 -> 41.8 ms, ODIN's perturbation at batch 256 85.7 -> 82.0 ms, all bitwise equal;
   `make demo`'s results byte-identical (`benchmarks/RESULTS.md`). One output channel is left
   to `_conv` (Eigen's matrix-vector path sums in another order). The primal function keeps
   `_conv`, which XLA fuses into the whole-network YNN forward."""
-  kh, kw, ci, co = w.shape
-  if ci <= _TAPS_MAX_IN and co >= _TAPS_MIN_OUT and kh * kw * ci <= _TAPS_MAX_TERMS:
-    return _conv_by_taps(x, w, padding), (x, w)
+  if _uses_taps(w):
+    x_chwn = _channels_first_copy(x)
+    return _conv_by_taps(x_chwn.transpose(3, 1, 2, 0), w, padding), (x_chwn, w)
   return _conv(x, w, padding), (x, w)
 
 
 def _conv2d_bwd(padding, res, dy):
   x, w = res
+  if _uses_taps(w):  # the residual is the channels-first copy
+    x = x.transpose(3, 1, 2, 0)
   kh, kw = w.shape[:2]
   # input gradient: full correlation of dy with the spatially flipped, I/O-swapped kernel
   w_t = lax.optimization_barrier(jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))

@@ -1,4 +1,4 @@
-"""The training loop: one jit-compiled step, per-epoch checkpoints, exact resume.
+"""The training loop: a jit-compiled step (`make_train_step`), per-epoch checkpoints, exact resume.
 
 `train(model, data, cfg, run_dir)` trains `model` on `data` (a `Split` of uint8 images or
 float features) and returns a `Trained` model. The data order and the dropout keys are
@@ -80,10 +80,20 @@ def make_forward(model: nn.Module) -> Callable:
 
 
 def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation,
-                    augment_images: bool = False):
+                    augment_images: bool = False, separate_update: bool | None = None):
+  """step(state, x, y, key) -> (new state, (loss, accuracy)). `state` is {"params",
+  "model_state", "opt"}; its parameter and optimizer buffers are donated (do not reuse it).
+
+  One program on accelerators. On the CPU (`separate_update=None`) two: the loss and its
+  gradient, then the optimizer's update. In one program XLA:CPU interleaves the update's small
+  per-parameter fusions with the backward pass's convolutions, and CNN002's CE step with SGD
+  momentum at batch 128 took 6% longer (paired alternating calls on the 2-core VM; the cause
+  inside XLA's executor was not isolated); the robust steps, ten times longer, took about the
+  same either way (`benchmarks/RESULTS.md`). Both forms give bitwise the same states
+  (`tests/test_train.py`)."""
   forward = make_forward(model)
 
-  def step(state, x, y, key):
+  def gradient(state, x, y, key):
     x = to_input(x)
     if augment_images and x.ndim == 4:
       key, k_aug = jax.random.split(key)
@@ -93,12 +103,25 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
       return loss_fn(forward, params, state["model_state"], x, y, key)
     (loss, (model_state, logits)), grads = jax.value_and_grad(objective, has_aux=True)(
         state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
     acc = jnp.mean(jnp.argmax(logits, -1) == y)
-    return {"params": params, "model_state": model_state, "opt": opt}, (loss, acc)
+    return grads, model_state, (loss, acc)
 
-  return jax.jit(step, donate_argnums=0)
+  def update(params, opt, grads):
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt
+
+  def chain(gradient, update):
+    def step(state, x, y, key):
+      grads, model_state, metrics = gradient(state, x, y, key)
+      params, opt = update(state["params"], state["opt"], grads)
+      return {"params": params, "model_state": model_state, "opt": opt}, metrics
+    return step
+
+  if separate_update is None:
+    separate_update = jax.default_backend() == "cpu"
+  if not separate_update:
+    return jax.jit(chain(gradient, update), donate_argnums=0)
+  return chain(jax.jit(gradient), jax.jit(update, donate_argnums=(0, 1)))
 
 
 def _tensorboard_writer(run_dir: str):

@@ -123,15 +123,13 @@ def _conv2d_fwd(x, w, padding):
   to `_conv` (Eigen's matrix-vector path sums in another order). The primal function keeps
   `_conv`, which XLA fuses into the whole-network YNN forward."""
   if _uses_taps(w):
-    x_chwn = _channels_first_copy(x)
-    return _conv_by_taps(x_chwn.transpose(3, 1, 2, 0), w, padding), (x_chwn, w)
+    x = _channels_first_copy(x).transpose(3, 1, 2, 0)  # read (and kept) through the copy
+    return _conv_by_taps(x, w, padding), (x, w)
   return _conv(x, w, padding), (x, w)
 
 
 def _conv2d_bwd(padding, res, dy):
   x, w = res
-  if _uses_taps(w):  # the residual is the channels-first copy
-    x = x.transpose(3, 1, 2, 0)
   kh, kw = w.shape[:2]
   # input gradient: full correlation of dy with the spatially flipped, I/O-swapped kernel
   w_t = lax.optimization_barrier(jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))

@@ -110,10 +110,10 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt
 
-  def chain(gradient, update):
+  def chain(gradient_fn, update_fn):
     def step(state, x, y, key):
-      grads, model_state, metrics = gradient(state, x, y, key)
-      params, opt = update(state["params"], state["opt"], grads)
+      grads, model_state, metrics = gradient_fn(state, x, y, key)
+      params, opt = update_fn(state["params"], state["opt"], grads)
       return {"params": params, "model_state": model_state, "opt": opt}, metrics
     return step
 

@@ -10,12 +10,18 @@ from jax.extend.core import Literal
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
+@jax.custom_jvp
 def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
-  """2x2 max pooling with stride 2 (H and W even), written as reshape + max.
+  """2x2 max pooling with stride 2 (H and W even): XLA's `reduce_window` max when evaluated,
+  reshape + max when differentiated.
 
   `nn.max_pool` lowers to `reduce_window`, whose gradient is `select_and_scatter`,
   which XLA:CPU runs as a slow scalar loop; the reshape form differentiates into an
   elementwise compare-and-select. Same values and, away from ties, the same gradient.
+  Undifferentiated, `reduce_window` is the faster of the two inside XLA:CPU's fused
+  forward (CNN002's logits at batch 256: 26.0 against 27.2 ms, bitwise equal; paired calls,
+  `benchmarks/RESULTS.md`), so only the derivative takes the reshape form (`custom_jvp`:
+  gradient programs are those of the reshape form itself).
 
   At an exact tie inside a window, JAX's derivative of `max` shares the gradient among the
   tied elements; XLA's `select_and_scatter` and PyTorch's `MaxPool2d` (the NCG paper's
@@ -26,9 +32,19 @@ def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   CNN002 checkpoints of a `make demo` run (a `/tmp` probe, 2026-12-01). Matching PyTorch here
   would change the robust trainings' figures, so it is recorded rather than changed.
   """
+  _, h, w, _ = x_BxHxWxC.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"max_pool_2x2 needs an even height and width, got {h} x {w}")
+  return lax.reduce_window(x_BxHxWxC, jnp.array(-jnp.inf, x_BxHxWxC.dtype), lax.max,
+                           (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def _max_pool_2x2_by_reshape(x_BxHxWxC):
   b, h, w, c = x_BxHxWxC.shape
-  x = x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c)
-  return x.max(axis=(2, 4))
+  return x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+max_pool_2x2.defjvp(lambda primals, tangents: jax.jvp(_max_pool_2x2_by_reshape, primals, tangents))
 
 
 def _conv(x, w, padding):

@@ -56,6 +56,13 @@ def test_max_pool_matches_flax_values_and_gradient():
   np.testing.assert_allclose(jax.grad(lambda x: max_pool_2x2(x).sum())(tie)[0, :, :, 0],
                              [[0, 1 / 3], [1 / 3, 1 / 3]], rtol=1e-6)
   np.testing.assert_array_equal(jax.grad(lambda x: ref(x).sum())(tie)[0, :, :, 0], [[0, 1], [0, 0]])
+  # evaluated as XLA's reduce_window (the faster form in a fused forward), differentiated as
+  # reshape + max (no select_and_scatter, XLA:CPU's scalar loop)
+  assert "reduce_window_max" in str(jax.make_jaxpr(max_pool_2x2)(x))
+  grad_jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * w)))(x))
+  assert "reduce_max" in grad_jaxpr and "select_and_scatter" not in grad_jaxpr
+  with pytest.raises(ValueError, match="even"):
+    max_pool_2x2(jnp.zeros((1, 5, 4, 1)))
 
 
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])

@@ -19,7 +19,7 @@ def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   which XLA:CPU runs as a slow scalar loop; the reshape form differentiates into an
   elementwise compare-and-select. Same values and, away from ties, the same gradient.
   Undifferentiated, `reduce_window` is the faster of the two inside XLA:CPU's fused
-  forward (CNN002's logits at batch 256: 26.0 against 27.2 ms, bitwise equal; paired calls,
+  forward (CNN002's logits at batch 256: 27.6 against 28.8 ms, bitwise equal; paired calls,
   `benchmarks/RESULTS.md`), so only the derivative takes the reshape form (`custom_jvp`:
   gradient programs are those of the reshape form itself).
 
@@ -35,8 +35,7 @@ def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   _, h, w, _ = x_BxHxWxC.shape
   if h % 2 or w % 2:
     raise ValueError(f"max_pool_2x2 needs an even height and width, got {h} x {w}")
-  return lax.reduce_window(x_BxHxWxC, jnp.array(-jnp.inf, x_BxHxWxC.dtype), lax.max,
-                           (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  return lax.reduce_window(x_BxHxWxC, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
 def _max_pool_2x2_by_reshape(x_BxHxWxC):

@@ -1,8 +1,21 @@
 """Helpers for the functions users pass in: through `jax.jit` (`as_partial`), and in
 cache-sized row chunks on the CPU (`in_row_chunks`, and for input gradients
 `rowwise_value_and_grad`)."""
+import contextvars
+
 import jax
 import jax.numpy as jnp
+
+_INPUT_GRADIENT = contextvars.ContextVar("ncg_jax_input_gradient", default=False)
+
+
+def traces_input_gradient() -> bool:
+  """True while `rowwise_value_and_grad` traces its function: a gradient with respect to the
+  input alone, whatever the function closes over. Layers may then trace a backward pass
+  suited to that program (`models.layers.max_pool_2x2`) with the same values and gradients,
+  so a jitted function traced outside this context and called inside it (or the reverse)
+  keeps its first trace and stays correct."""
+  return _INPUT_GRADIENT.get()
 
 
 def as_partial(fn) -> jax.tree_util.Partial:
@@ -52,6 +65,10 @@ def rowwise_value_and_grad(fn, rows: int = 64):
     def total(xx):
       values, aux = fn(xx, *args)
       return jnp.sum(values), (values, aux)
-    (_, out), g = jax.value_and_grad(total, has_aux=True)(x)
+    token = _INPUT_GRADIENT.set(True)
+    try:
+      (_, out), g = jax.value_and_grad(total, has_aux=True)(x)
+    finally:
+      _INPUT_GRADIENT.reset(token)
     return out, g
   return in_row_chunks(one, rows)

@@ -65,6 +65,37 @@ def test_max_pool_matches_flax_values_and_gradient():
     max_pool_2x2(jnp.zeros((1, 5, 4, 1)))
 
 
+def test_input_gradients_take_the_pooling_backward_for_input_gradients_with_the_same_bits():
+  """Inside `rowwise_value_and_grad` (ODIN, the attacks) `max_pool_2x2` traces its
+  input-gradient backward (a window's maxima counted from its four positions); CNN002's
+  input gradient is bitwise the one of `jax.grad` outside, ties at positive maxima included
+  (blank image regions with positive biases: windows of equal activations)."""
+  from ncg_jax import functional
+  model = models.create("cnn002", 9)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params = jax.tree.map(lambda p: p + 0.05 if p.ndim == 1 else p, params)  # positive biases
+  params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), (200, 9))
+  x = jax.random.uniform(jax.random.key(2), (16, 28, 28, 1)).at[:, :8].set(0.0)
+  y = jnp.arange(16) % 9
+  loss = lambda xx, yy: (-jax.nn.log_softmax(model.apply({"params": params}, xx)[0])[
+      jnp.arange(xx.shape[0]), yy], ())
+  seen = []
+
+  def watched(xx, yy):
+    seen.append(functional.traces_input_gradient())
+    return loss(xx, yy)
+  (_, _), g = functional.rowwise_value_and_grad(watched)(x, y)
+  assert seen == [True] and not functional.traces_input_gradient()
+  g_ref = jax.grad(lambda xx: jnp.sum(loss(xx, y)[0]))(x)
+  np.testing.assert_array_equal(g, g_ref)
+  assert np.abs(g).sum() > 0
+  # JAX's own rule sums a stored mask over each window; the input-gradient backward does not
+  count_sum = "reduce_sum[axes=(2, 4)"
+  outside = str(jax.make_jaxpr(jax.grad(lambda xx: jnp.sum(loss(xx, y)[0])))(x))
+  inside = str(jax.make_jaxpr(functional.rowwise_value_and_grad(loss))(x, y))
+  assert count_sum in outside.replace("\n", " ") and count_sum not in inside.replace("\n", " ")
+
+
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 @pytest.mark.parametrize("in_channels,kernel", [(1, 3), (3, 5), (8, 3)])
 def test_conv2d_matches_lax_values_and_both_gradients(padding, in_channels, kernel):

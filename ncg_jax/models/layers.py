@@ -7,10 +7,11 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import Literal
 
+from ncg_jax import functional
+
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
-@jax.custom_jvp
 def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   """2x2 max pooling with stride 2 (H and W even): XLA's `reduce_window` max when evaluated,
   reshape + max when differentiated.
@@ -31,10 +32,24 @@ def max_pool_2x2(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   and none of the second's, counted on the 323 ID test images through the three pixel-space
   CNN002 checkpoints of a `make demo` run (a `/tmp` probe, 2026-12-01). Matching PyTorch here
   would change the robust trainings' figures, so it is recorded rather than changed.
+
+  Traced for an input gradient (`functional.traces_input_gradient`: ODIN, the attacks), the
+  same derivative counts each window's maxima from its four positions instead of summing a
+  stored mask: bitwise the same gradient, and faster there (paired calls against the mask
+  form: ODIN's perturbation through CNN002 0.95-0.97, TRADES(6) and PGD-AT train steps
+  0.95-0.98), but slower inside a parameter gradient (1.03-1.06), which keeps the form above
+  (`benchmarks/RESULTS.md`).
   """
   _, h, w, _ = x_BxHxWxC.shape
   if h % 2 or w % 2:
     raise ValueError(f"max_pool_2x2 needs an even height and width, got {h} x {w}")
+  if functional.traces_input_gradient():
+    return _max_pool_2x2_for_input_gradient(x_BxHxWxC)
+  return _max_pool_2x2(x_BxHxWxC)
+
+
+@jax.custom_jvp
+def _max_pool_2x2(x_BxHxWxC):
   return lax.reduce_window(x_BxHxWxC, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
@@ -43,7 +58,31 @@ def _max_pool_2x2_by_reshape(x_BxHxWxC):
   return x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-max_pool_2x2.defjvp(lambda primals, tangents: jax.jvp(_max_pool_2x2_by_reshape, primals, tangents))
+_max_pool_2x2.defjvp(lambda primals, tangents: jax.jvp(_max_pool_2x2_by_reshape, primals, tangents))
+
+
+@jax.custom_vjp
+def _max_pool_2x2_for_input_gradient(x_BxHxWxC):
+  return _max_pool_2x2_by_reshape(x_BxHxWxC)
+
+
+def _pool_input_gradient_fwd(x):
+  y = _max_pool_2x2_by_reshape(x)
+  return y, (x, y)
+
+
+def _pool_input_gradient_bwd(res, ct):
+  """JAX's derivative of the reshape form, (ct / count) * [x == max] with count the window's
+  number of maxima, the count added up from the window's four positions."""
+  x, y = res
+  b, h, w, c = x.shape
+  xr = x.reshape(b, h // 2, 2, w // 2, 2, c)
+  count = sum((xr[:, :, i, :, j, :] == y).astype(ct.dtype) for i in range(2) for j in range(2))
+  g = (ct / count)[:, :, None, :, None, :] * (xr == y[:, :, None, :, None, :]).astype(ct.dtype)
+  return (g.reshape(x.shape),)
+
+
+_max_pool_2x2_for_input_gradient.defvjp(_pool_input_gradient_fwd, _pool_input_gradient_bwd)
 
 
 def _conv(x, w, padding):
@@ -223,12 +262,15 @@ def batch_norm(train: bool, dtype, name: str | None = None) -> nn.Module:
 
 def _pool_by_reshape(x, window, strides, padding, base_dilation, window_dilation):
   """reduce_window max as slice + reshape + max where windows tile the input (window =
-  stride, no padding or dilation); None where they do not."""
+  stride, no padding or dilation; NHWC 2 x 2 windows through `max_pool_2x2`); None where they
+  do not."""
   if (tuple(window) != tuple(strides) or any(p != (0, 0) for p in padding)
       or any(d != 1 for d in (*base_dilation, *window_dilation))):
     return None
   keep = tuple(slice(0, n - n % k) for n, k in zip(x.shape, window))
   x = x[keep]
+  if tuple(window) == (1, 2, 2, 1):
+    return max_pool_2x2(x)
   split, axes = [], []
   for n, k in zip(x.shape, window):
     if k > 1:

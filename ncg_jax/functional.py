@@ -2,9 +2,14 @@
 cache-sized row chunks on the CPU (`in_row_chunks`, and for input gradients
 `rowwise_value_and_grad`)."""
 import contextvars
+import functools
+import importlib.metadata
+import sys
+import weakref
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _INPUT_GRADIENT = contextvars.ContextVar("ncg_jax_input_gradient", default=False)
 
@@ -20,8 +25,98 @@ def traces_input_gradient() -> bool:
 
 def as_partial(fn) -> jax.tree_util.Partial:
   """A jit-passable version of `fn`: a `Partial` is itself (its bound arrays are traced);
-  a plain function becomes an argument-free `Partial` (compiled once per function object)."""
-  return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
+  a plain function becomes an argument-free `Partial` (compiled once per function object),
+  and the arrays it reads from its closure or globals are compiled into the program as
+  constants. On the CPU with an affected jaxlib, a function holding 1 MiB or more of such
+  arrays gets a one-line notice on stderr (once per function; `constants_notice`)."""
+  if isinstance(fn, jax.tree_util.Partial):
+    return fn
+  constants_notice(fn)
+  return jax.tree_util.Partial(fn)
+
+
+# jaxlib versions whose XLA:CPU corrupts its heap running some networks compiled with their
+# weights as constants (YNNPACK, `constants_notice`); 0.10.2 measured here
+_CONSTANT_CRASH_JAXLIB = ("0.10.2",)
+_NOTICE_BYTES = 1 << 20
+_CHECKED = weakref.WeakSet()
+
+
+@functools.cache
+def _jaxlib_version() -> str:
+  try:
+    return importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return ""
+
+
+def closed_over_bytes(fn, depth: int = 2) -> int:
+  """Bytes of the numpy/JAX arrays `fn` reads without taking them as arguments: from its
+  closure cells, the globals its code names, a `functools.partial`'s bound arguments and a
+  bound method's object, following functions found there `depth` levels down. What `jax.jit`
+  of `fn` would compile in as constants (arrays reached through other objects are missed)."""
+  if isinstance(fn, functools.partial):
+    values, inner = [fn.args, fn.keywords], [fn.func]
+  else:
+    code = getattr(fn, "__code__", None)
+    values, inner = [], []
+    if code is not None:
+      values += [c.cell_contents for c in (fn.__closure__ or ()) if _filled(c)]
+      glb = getattr(fn, "__globals__", {})
+      values += [glb[n] for n in code.co_names if n in glb]
+    if hasattr(fn, "__self__"):
+      values.append(fn.__self__)
+    if hasattr(fn, "__func__"):
+      inner.append(fn.__func__)
+  total = 0
+  for leaf in jax.tree.leaves(values):
+    if isinstance(leaf, (np.ndarray, jax.Array)):
+      total += leaf.nbytes
+    elif callable(leaf) and depth > 0 and not isinstance(leaf, type):
+      inner.append(leaf)
+  return total + sum(closed_over_bytes(f, depth - 1) for f in inner if depth > 0)
+
+
+def _filled(cell) -> bool:
+  try:
+    cell.cell_contents
+  except ValueError:
+    return False
+  return True
+
+
+def constants_notice(fn) -> bool:
+  """Says on stderr, once per function object, that `fn` holds 1 MiB or more of arrays that
+  jit compiles in as constants, when the backend is the CPU and jaxlib is an affected version.
+
+  Why: with jaxlib 0.10.2, XLA:CPU runs such a program of some networks in a YNNPACK fusion
+  that corrupts the heap (glibc aborts with "malloc assertion failure" or "double free", or
+  the process segfaults; the native backtrace is in YNNPACK's `make_dot_impl`). Measured on
+  the 2-core VM with wrn_16_4 at batch 64 (`benchmarks/RESULTS.md`): ODIN through
+  `lambda x: model.apply(variables, x)` crashed 5 of 5 processes, the forward jitted with its
+  variables closed over 5 of 7; with the variables passed as arguments (a `Partial`, as
+  `Trained.logits_fn()` does) 0 of 12; CNN002, ResNet-18 and DenseNet-BC-40-12 did not crash.
+  Same class as the YNN crashes reported upstream for 0.10.2 (jax-ml/jax#39257, #40412).
+  Each function object is looked at once (ODIN and the attacks call this per batch).
+  Returns whether it printed."""
+  if _jaxlib_version() not in _CONSTANT_CRASH_JAXLIB or jax.default_backend() != "cpu":
+    return False
+  key = getattr(fn, "__func__", fn)  # a bound method is a new object at every access
+  try:
+    if key in _CHECKED:
+      return False
+    _CHECKED.add(key)
+  except TypeError:  # neither hashable nor weakly referable: looked at every time
+    pass
+  n = closed_over_bytes(fn)
+  if n < _NOTICE_BYTES:
+    return False
+  name = getattr(fn, "__qualname__", type(fn).__name__)
+  print(f"ncg_jax: {name} reads {n / 2**20:.1f} MiB of arrays that jit compiles in as "
+        f"constants; with jaxlib {_jaxlib_version()} XLA:CPU can crash running such programs "
+        "(a YNNPACK bug, seen with WideResNets): pass them as arguments, "
+        "jax.tree_util.Partial(f, variables) with f(variables, x)", file=sys.stderr)
+  return True
 
 
 def in_row_chunks(fn, rows: int = 64):

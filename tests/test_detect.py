@@ -155,6 +155,38 @@ def test_odin_through_a_plain_flax_network_equals_odin_from_xla_gradients():
   assert str(jaxpr).count("scan[") == 1
 
 
+def test_as_partial_says_once_when_a_function_holds_arrays_jit_compiles_in(capsys):
+  """A function reading 1 MiB of arrays from its closure, its globals or a functools.partial
+  gets one line on stderr (jaxlib 0.10.2's XLA:CPU crashes on some such programs); the same
+  arrays passed as a `Partial`'s arguments, or a small closure, get nothing."""
+  import functools
+  from ncg_jax import functional
+  affected = functional._jaxlib_version() in functional._CONSTANT_CRASH_JAXLIB
+  big = np.arange(512 * 512, dtype=np.float32).reshape(512, 512) / 1e5  # 1 MiB
+  x = np.ones((2, 512), np.float32)
+  closure = lambda xx: xx @ big
+  bound = functools.partial(lambda v, xx: xx @ v["w"], {"w": jnp.asarray(big)})
+  nested = lambda xx: closure(xx) + 1.0  # the array sits one function down
+  small = lambda xx: xx @ big[:, :2]  # slices at call time: still the whole array read
+  assert functional.closed_over_bytes(closure) == big.nbytes
+  assert functional.closed_over_bytes(bound) == big.nbytes
+  assert functional.closed_over_bytes(nested) == big.nbytes
+  assert functional.closed_over_bytes(small) == big.nbytes
+  assert functional.closed_over_bytes(lambda xx: xx * 2.0) == 0
+  for f in (closure, closure, bound, nested):
+    np.testing.assert_allclose(as_partial(f)(x), f(x))
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == (3 if affected else 0), err  # once per function
+  assert all(line.startswith("ncg_jax: ") and "1.0 MiB" in line and "Partial(f, variables)" in line
+             for line in err)
+  as_partial(jax.tree_util.Partial(lambda w, xx: xx @ w, big))
+  as_partial(lambda xx: xx @ np.eye(512, dtype=np.float32)[:, :4])
+  assert capsys.readouterr().err == ""
+  other = lambda xx: xx @ big * 2.0  # the notebook API's plain functions, jitted together
+  np.testing.assert_allclose(detect.FunctionNetwork(other, closure)._both(x)[0], other(x), rtol=1e-5)
+  assert capsys.readouterr().err.count("ncg_jax: ") == (1 if affected else 0)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 3.0])
 def test_gradnorm_autodiff_equals_closed_form_and_numpy(temperature):
   head, h = linear()

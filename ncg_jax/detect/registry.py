@@ -19,6 +19,7 @@ import numpy as np
 
 from ncg_jax.batching import map_batches, take
 from ncg_jax.detect import distances, gradients, nac, scores
+from ncg_jax.functional import constants_notice
 from ncg_jax.models.trained import Trained, logits_and_features, to_input
 from ncg_jax.registry import Registry
 
@@ -34,6 +35,8 @@ class FunctionNetwork:
 
   @functools.cached_property
   def _both(self):
+    for fn in (self.logits_fn, self.features_fn):  # compiled in with their arrays as constants
+      constants_notice(fn)
     return jax.jit(lambda x: (self.logits_fn(x), self.features_fn(x)))
 
   def outputs(self, x, batch_size: int = 512):

@@ -8,7 +8,11 @@ Flax (`nn.Conv`, `nn.max_pool`) and passed as a function, as a notebook user wou
 in a second process started with NCG_JAX_KEEP_XLA_DEFAULTS=1, with XLA's CPU defaults (what
 a user gets when JAX ran before ncg_jax was imported).
 
+ODIN is also timed through other ncg_jax architectures at CIFAR's input shape (random
+weights; `--archs`, `--arch_batch`), each against its own forward.
+
 python -m benchmarks.detect [--batch 256] [--loop_images 64] [--no_defaults_run]
+                            [--archs wrn_16_4,resnet18,densenet_bc_40_12] [--arch_batch 64]
 """
 import argparse
 import functools
@@ -47,6 +51,35 @@ def odin_rows(batch: int, repeat: int) -> tuple[dict, dict]:
   times = timeit_interleaved({name: functools.partial(f, x) for name, f in fns.items()},
                              repeat=max(1, repeat // 2), rounds=4)
   return times, flops
+
+
+def arch_odin_rows(archs: list[str], batch: int, repeat: int) -> list[tuple]:
+  """ODIN through each architecture (10 classes, 32 x 32 x 3 inputs, random weights, eval
+  mode) against its own forward, both through `Trained.logits_fn()`: (arch, forward s,
+  ODIN s, forward FLOPs, ODIN FLOPs) per batch."""
+  x = jnp.asarray(np.random.default_rng(0).random((batch, 32, 32, 3), dtype=np.float32))
+  out = []
+  for arch in archs:
+    model = models.create(arch, 10)
+    params, state = models.init(model, jax.random.key(0), x[:1])
+    # the variables reach both programs as arguments (a `Partial`): compiled in as constants,
+    # wrn_16_4's forward crashes XLA:CPU (jaxlib 0.10.2; `functional.constants_notice`)
+    fn = Trained(model, params, state).logits_fn()
+    fwd = jax.jit(lambda f, xx: f(xx))
+    t = timeit_interleaved({"forward": functools.partial(fwd, fn, x),
+                            "ODIN": functools.partial(detect.odin, fn, x)},
+                           repeat=max(1, repeat // 4), rounds=4, warmup=1)
+    out.append((arch, t["forward"], t["ODIN"], model_flops(fwd, fn, x),
+                model_flops(detect.odin, fn, x)))
+  return out
+
+
+def print_arch_odin(rows: list[tuple], batch: int):
+  print(f"\nODIN through other ncg_jax architectures (32 x 32 x 3, random weights, batch {batch}):\n")
+  print(row("architecture", "forward images/s", "ODIN images/s", "ODIN x forward", "FLOPs x forward"))
+  print(row("---", "---", "---", "---", "---"))
+  for arch, tf, to, ff, fo in rows:
+    print(row(arch, f"{batch / tf:,.0f}", f"{batch / to:,.0f}", f"{to / tf:.1f}", f"{fo / ff:.2f}"))
 
 
 def jax_rows(batch: int, repeat: int):
@@ -175,12 +208,19 @@ def main():
   ap.add_argument("--odin_only", action="store_true", help="print the ODIN table only")
   ap.add_argument("--no_defaults_run", action="store_true",
                   help="skip the second process with XLA's CPU defaults")
+  ap.add_argument("--archs", default="wrn_16_4,resnet18,densenet_bc_40_12",
+                  help="other architectures to time ODIN through ('' for none)")
+  ap.add_argument("--arch_batch", type=int, default=64)
   args = ap.parse_args()
   b = args.batch
   to, odin_flops = odin_rows(b, args.repeat)
+  archs = [a for a in args.archs.split(",") if a]
+  arch_rows = arch_odin_rows(archs, args.arch_batch, args.repeat) if archs else []
   if args.odin_only:
     print(f"{setting()}\n")
     print_odin(to, odin_flops, b, "ncg_jax")
+    if arch_rows:
+      print_arch_odin(arch_rows, args.arch_batch)
     return
   import torch
   torch.set_num_threads(args.threads)
@@ -190,6 +230,8 @@ def main():
   print(f"\nCNN002, batch {b}, jax {jax.__version__} ({jax.default_backend()}), "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads)\n{setting()}\n")
   print_odin(to, odin_flops, b, "ncg_jax")
+  if arch_rows:
+    print_arch_odin(arch_rows, args.arch_batch)
   print()
   print(row("detector", "images/s", "x ncg_jax forward"))
   print(row("---", "---", "---"))
@@ -204,7 +246,7 @@ def main():
     if xla_cpu.USER_XLA_FLAGS is not None:
       env["XLA_FLAGS"] = xla_cpu.USER_XLA_FLAGS
     subprocess.run([sys.executable, "-m", "benchmarks.detect", "--odin_only", f"--batch={b}",
-                    f"--repeat={args.repeat}"], check=True,
+                    f"--repeat={args.repeat}", "--archs="], check=True,
                    env={**env, "NCG_JAX_KEEP_XLA_DEFAULTS": "1"})
 
 

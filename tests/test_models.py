@@ -84,9 +84,9 @@ def test_input_gradients_take_the_pooling_backward_for_input_gradients_with_the_
   def watched(xx, yy):
     seen.append(functional.traces_input_gradient())
     return loss(xx, yy)
-  (_, _), g = functional.rowwise_value_and_grad(watched)(x, y)
+  (_, _), g = jax.jit(functional.rowwise_value_and_grad(watched))(x, y)
   assert seen == [True] and not functional.traces_input_gradient()
-  g_ref = jax.grad(lambda xx: jnp.sum(loss(xx, y)[0]))(x)
+  g_ref = jax.jit(jax.grad(lambda xx: jnp.sum(loss(xx, y)[0])))(x)
   np.testing.assert_array_equal(g, g_ref)
   assert np.abs(g).sum() > 0
   # JAX's own rule sums a stored mask over each window; the input-gradient backward does not
@@ -240,11 +240,11 @@ def test_normalisation_lives_inside_the_model():
   # resnet18 takes [0, 1] pixels and normalises them itself: the same network without
   # normalisation, fed normalised pixels, computes the same logits
   model = models.create("resnet18", 3)
-  v = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+  v = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
   x = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
   plain = ResNet(3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-  a = model.apply(v, x)[0]
-  b = plain.apply(v, normalize(x, CIFAR10_MEAN, CIFAR10_STD))[0]
+  a = jax.jit(model.apply)(v, x)[0]
+  b = jax.jit(plain.apply)(v, normalize(x, CIFAR10_MEAN, CIFAR10_STD))[0]
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 

@@ -25,6 +25,12 @@ from ncg_jax.models.layers import as_ncg_jax_layers
 from ncg_jax.models.trained import to_input
 
 
+@jax.jit
+def _apply(fn, x):
+  """`fn` on a batch as one compiled program (its arrays traced: `fn` is a `Partial`)."""
+  return fn(to_input(x))
+
+
 def fit_mahalanobis(features, labels, num_classes: int) -> dict:
   h = np.asarray(features, np.float64)
   y = np.asarray(labels)
@@ -250,7 +256,7 @@ def fit_mahalanobis_ensemble(layer_fn, logits_fn, train_x, train_y, num_classes:
   are [0, 1] pixels with the normalisation inside the model, so the clamp is the pixel box.)
   Images are uint8 or [0, 1] floats."""
   layer_fn, logits_fn = as_partial(layer_fn), as_ncg_jax_layers(logits_fn)
-  feats = map_batches(lambda xb: layer_fn(to_input(xb)), train_x, batch_size=batch_size,
+  feats = map_batches(lambda xb: _apply(layer_fn, xb), train_x, batch_size=batch_size,
                       label="layer features")
   stats = {n: fit_mahalanobis(f, train_y, num_classes) for n, f in feats.items()}
 

@@ -58,6 +58,7 @@ def arch_odin_rows(archs: list[str], batch: int, repeat: int) -> list[tuple]:
   mode) against its own forward, both through `Trained.logits_fn()`: (arch, forward s,
   ODIN s, forward FLOPs, ODIN FLOPs) per batch."""
   x = jnp.asarray(np.random.default_rng(0).random((batch, 32, 32, 3), dtype=np.float32))
+  fwd = jax.jit(lambda f, xx: f(xx))  # one program per architecture (the `Partial`'s treedef)
   out = []
   for arch in archs:
     model = models.create(arch, 10)
@@ -65,7 +66,6 @@ def arch_odin_rows(archs: list[str], batch: int, repeat: int) -> list[tuple]:
     # the variables reach both programs as arguments (a `Partial`): compiled in as constants,
     # wrn_16_4's forward crashes XLA:CPU (jaxlib 0.10.2; `functional.constants_notice`)
     fn = Trained(model, params, state).logits_fn()
-    fwd = jax.jit(lambda f, xx: f(xx))
     t = timeit_interleaved({"forward": functools.partial(fwd, fn, x),
                             "ODIN": functools.partial(detect.odin, fn, x)},
                            repeat=max(1, repeat // 4), rounds=4, warmup=1)

@@ -33,6 +33,11 @@ from ncg_jax.detect import nac
 from ncg_jax.models import Trained
 
 
+# a network given as a `Partial` on a batch, its variables traced: ncg_jax's forward as ncg_jax
+# runs it; one program per network (the jit cache keys on the `Partial`'s treedef)
+_forward = jax.jit(lambda f, xx: f(xx))
+
+
 def odin_rows(batch: int, repeat: int) -> tuple[dict, dict]:
   """Forward and ODIN through ncg_jax's CNN002 and through the plain Flax network: seconds per
   batch, and model FLOPs (`common.model_flops`) per batch."""
@@ -49,7 +54,7 @@ def odin_rows(batch: int, repeat: int) -> tuple[dict, dict]:
   # as constants, which XLA:CPU runs 3-7% faster on this network (and which can crash
   # XLA:CPU on others, `functional.constants_notice`); the plain Flax rows close over theirs,
   # forward and ODIN alike.
-  own_fwd = functools.partial(jax.jit(lambda f, xx: f(xx)), own_fn)
+  own_fwd = functools.partial(_forward, own_fn)
   const_fwd = jax.jit(lambda xx: model.apply({"params": params}, xx)[0])
   plain_fwd = jax.jit(plain_fn)
   fns = {"forward (logits)": own_fwd, "forward, variables compiled in": const_fwd,
@@ -67,7 +72,6 @@ def arch_odin_rows(archs: list[str], batch: int, repeat: int) -> list[tuple]:
   mode) against its own forward, both through `Trained.logits_fn()`: (arch, forward s,
   ODIN s, forward FLOPs, ODIN FLOPs) per batch."""
   x = jnp.asarray(np.random.default_rng(0).random((batch, 32, 32, 3), dtype=np.float32))
-  fwd = jax.jit(lambda f, xx: f(xx))  # one program per architecture (the `Partial`'s treedef)
   out = []
   for arch in archs:
     model = models.create(arch, 10)
@@ -75,10 +79,10 @@ def arch_odin_rows(archs: list[str], batch: int, repeat: int) -> list[tuple]:
     # the variables reach both programs as arguments (a `Partial`): compiled in as constants,
     # wrn_16_4's forward crashes XLA:CPU (jaxlib 0.10.2; `functional.constants_notice`)
     fn = Trained(model, params, state).logits_fn()
-    t = timeit_interleaved({"forward": functools.partial(fwd, fn, x),
+    t = timeit_interleaved({"forward": functools.partial(_forward, fn, x),
                             "ODIN": functools.partial(detect.odin, fn, x)},
                            repeat=max(1, repeat // 4), rounds=4, warmup=1)
-    out.append((arch, t["forward"], t["ODIN"], model_flops(fwd, fn, x),
+    out.append((arch, t["forward"], t["ODIN"], model_flops(_forward, fn, x),
                 model_flops(detect.odin, fn, x)))
   return out
 

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import normal, uniform
 
 from ncg_jax import models
 from ncg_jax.models.layers import max_pool_2x2
@@ -22,6 +23,32 @@ def test_cnn002_shapes_and_parameter_count():
   assert logits.shape == (3, 9) and feats.shape == (3, 200)
 
 
+def test_init_is_one_program_with_the_bits_of_flax_op_by_op_init():
+  """`models.init` compiles the initialisation as one program (at LLVM -O1 on CPU); its
+  variables are the bits of Flax's `model.init` run op by op at XLA's defaults for the
+  architectures ncg_jax trains (CNN002: variance-scaled truncated normals and zeros; the
+  small WRN: BatchNorm statistics too). The ViT's position embedding, `normal(0.02)`, is
+  within one ulp: compiled as one program, XLA folds the scale and the sampler's sqrt(2)
+  into one constant (0.0282842703), which rounds differently."""
+  cases = ((models.create("cnn002", 9), (28, 28, 1), 0),
+           (models.create("wrn_10_1", 3), (8, 8, 3), 0),
+           (models.create("vit_b_16", 3, image_size=16, patch=8, hidden=8, depth=1, heads=2,
+                          mlp=16), (16, 16, 3), 1))
+  for model, shape, ulps in cases:
+    key = jax.random.key(5)
+    params, state = models.init(model, key, jnp.zeros((4, *shape)))
+    ref = model.init({"params": key, "dropout": key}, jnp.zeros((1, *shape)), train=False)
+    assert jax.tree.structure(params) == jax.tree.structure(ref["params"])
+    for a, b in zip(jax.tree.leaves((params, state)),
+                    jax.tree.leaves((ref["params"], {k: ref[k] for k in state}))):
+      np.testing.assert_array_max_ulp(a, b, maxulp=ulps)
+    assert any(np.abs(a).max() > 0 for a in jax.tree.leaves(params))
+    # inside another trace (how a run's checkpoint shapes are read) it is part of that trace
+    shapes = jax.eval_shape(lambda: models.init(model, key, jnp.zeros((1, *shape))))
+    assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(jnp.shape, (params, state))
+  assert models._init_fn.cache_info().currsize >= len(cases)
+
+
 def test_intermediates_are_sown():
   model = models.create("cnn002", 9)
   params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
@@ -34,7 +61,7 @@ def test_intermediates_are_sown():
 def test_dropout_only_in_train_mode():
   model = models.create("cnn002", 9)
   params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+  x = uniform(1, (4, 28, 28, 1))
   a = model.apply({"params": params}, x, train=False)[1]
   b = model.apply({"params": params}, x, train=False)[1]
   np.testing.assert_array_equal(a, b)
@@ -43,10 +70,10 @@ def test_dropout_only_in_train_mode():
 
 
 def test_max_pool_matches_flax_values_and_gradient():
-  x = jax.random.normal(jax.random.key(0), (3, 8, 6, 5))  # continuous: no ties
+  x = normal(0, (3, 8, 6, 5))  # continuous: no ties
   ref = lambda x: nn.max_pool(x, (2, 2), (2, 2))
   np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
-  w = jax.random.normal(jax.random.key(1), (3, 4, 3, 5))
+  w = normal(1, (3, 4, 3, 5))
   g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * w))(x)
   g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
   np.testing.assert_array_equal(g, g_ref)
@@ -74,8 +101,8 @@ def test_input_gradients_take_the_pooling_backward_for_input_gradients_with_the_
   model = models.create("cnn002", 9)
   params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
   params = jax.tree.map(lambda p: p + 0.05 if p.ndim == 1 else p, params)  # positive biases
-  params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), (200, 9))
-  x = jax.random.uniform(jax.random.key(2), (16, 28, 28, 1)).at[:, :8].set(0.0)
+  params["head"]["kernel"] = 0.1 * normal(1, (200, 9))
+  x = uniform(2, (16, 28, 28, 1)).at[:, :8].set(0.0)
   y = jnp.arange(16) % 9
   loss = lambda xx, yy: (-jax.nn.log_softmax(model.apply({"params": params}, xx)[0])[
       jnp.arange(xx.shape[0]), yy], ())
@@ -102,12 +129,12 @@ def test_conv2d_matches_lax_values_and_both_gradients(padding, in_channels, kern
   from jax import lax
   from ncg_jax.models.layers import conv2d
   jax.config.update("jax_default_matmul_precision", "highest")
-  x = jax.random.normal(jax.random.key(0), (2, 9, 7, in_channels))
-  w = jax.random.normal(jax.random.key(1), (kernel, kernel, in_channels, 5))
+  x = normal(0, (2, 9, 7, in_channels))
+  w = normal(1, (kernel, kernel, in_channels, 5))
   ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), padding,
                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_allclose(conv2d(x, w, padding), ref(x, w), rtol=1e-5, atol=1e-5)
-  dy = jax.random.normal(jax.random.key(2), ref(x, w).shape)
+  dy = normal(2, ref(x, w).shape)
   ours = jax.vjp(lambda a, b: conv2d(a, b, padding), x, w)[1](dy)
   theirs = jax.vjp(ref, x, w)[1](dy)
   for a, b in zip(ours, theirs):
@@ -149,7 +176,7 @@ def test_cnn002_gradients_are_bitwise_the_same_with_the_few_channel_forward(monk
   from ncg_jax.train.trainer import make_forward
   model = models.create("cnn002", 9)
   params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, 9))
+  params["head"]["kernel"] = 0.05 * normal(1, (200, 9))
   rng = np.random.default_rng(0)
   x = rng.random((32, 28, 28, 1), dtype=np.float32)
   x[x < 0.5] = 0.0
@@ -194,7 +221,7 @@ def test_small_wrn_trains_and_keeps_batchnorm_state():
   model = models.create("wrn_10_1", 4)
   params, state = models.init(model, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   assert "batch_stats" in state
-  x = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3))
+  x = uniform(1, (8, 32, 32, 3))
   (logits, feats), new = model.apply({"params": params, **state}, x, train=True,
                                      mutable=["batch_stats"])
   assert logits.shape == (8, 4) and feats.shape == (8, 64)
@@ -234,14 +261,14 @@ def test_architectures_shapes_and_parameter_counts(name, shape, k, count, inter)
 def test_normalisation_lives_inside_the_model():
   from ncg_jax.models.layers import normalize
   from ncg_jax.models.resnet import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, ResNet
-  x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
+  x = uniform(0, (2, 4, 4, 3))
   want = (np.asarray(x) - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
   np.testing.assert_allclose(normalize(x, IMAGENET_MEAN, IMAGENET_STD), want, rtol=1e-5, atol=1e-6)
   # resnet18 takes [0, 1] pixels and normalises them itself: the same network without
   # normalisation, fed normalised pixels, computes the same logits
   model = models.create("resnet18", 3)
   v = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
-  x = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+  x = uniform(2, (2, 32, 32, 3))
   plain = ResNet(3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
   a = jax.jit(model.apply)(v, x)[0]
   b = jax.jit(plain.apply)(v, normalize(x, CIFAR10_MEAN, CIFAR10_STD))[0]
@@ -250,7 +277,7 @@ def test_normalisation_lives_inside_the_model():
 
 def test_augment_is_a_padded_crop_or_its_mirror():
   from ncg_jax.train.trainer import augment
-  x = jax.random.uniform(jax.random.key(0), (16, 8, 8, 3))
+  x = uniform(0, (16, 8, 8, 3))
   out = np.asarray(augment(x, jax.random.key(1)))
   padded = np.pad(np.asarray(x), ((0, 0), (4, 4), (4, 4), (0, 0)))
   flips = 0

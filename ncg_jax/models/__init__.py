@@ -10,6 +10,7 @@ trained or imported model is (`Trained`) and its outputs over a split live in `t
 `import_weights` reads PyTorch and BiT checkpoints into a `Trained`.
 """
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -75,9 +76,37 @@ def fields_of(model, arch: str) -> dict:
   return out
 
 
+# LLVM at -O1 for the initialisation program on CPU. Flax's initialisers draw each kernel
+# through `truncated_normal` (threefry bits and an inverse-erf polynomial), and at XLA:CPU's
+# default -O3 every kernel shape took 0.2-0.8 s to compile: run op by op, WRN-10-1's init
+# took 8.0 s, jitted 4.8 s, jitted at -O1 1.7 s (DenseNet-BC-40-12: 16.0, 9.6, 4.5 s). The
+# values are the same bits at -O1 and -O3 for every architecture in the registry (checked
+# on jaxlib 0.10); -O0 changes them, so it is not used. Against Flax's op-by-op `model.init`
+# they are the same bits for the architectures ncg_jax trains (CNN002, MLP, WRN, ResNet,
+# DenseNet); a ViT's position embedding differs by one ulp (XLA folds `normal(0.02)`'s scale
+# into the sampler's constant). `tests/test_models.py` keeps both checks on small twins.
+# Other backends keep their defaults.
+_CPU_INIT_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(model: nn.Module, backend: str):
+  """One jitted initialisation per architecture (modules are hashable dataclasses)."""
+  def fn(key, x):
+    return model.init({"params": key, "dropout": key}, x, train=False)
+  return jax.jit(fn, compiler_options=_CPU_INIT_OPTIONS if backend == "cpu" else None)
+
+
 def init(model: nn.Module, key: jax.Array, example_x: jnp.ndarray) -> tuple[Any, dict]:
-  """Returns (params, model_state) for an input shaped like `example_x` (batch of any size)."""
-  variables = model.init({"params": key, "dropout": key}, example_x[:1], train=False)
+  """Returns (params, model_state) for an input shaped like `example_x` (batch of any size):
+  one compiled program per architecture and input shape (see `_CPU_INIT_OPTIONS`). Called
+  inside a transformation (`jax.eval_shape`, `jit`, `vmap` over keys) it is part of that
+  trace: compiler options belong to a top-level program only."""
+  from jax._src import core  # no public test for "inside a trace" in jax 0.10
+  if core.trace_state_clean():
+    variables = _init_fn(model, jax.default_backend())(key, jnp.asarray(example_x[:1]))
+  else:
+    variables = model.init({"params": key, "dropout": key}, example_x[:1], train=False)
   state = {k: v for k, v in variables.items() if k in STATE_COLLECTIONS}
   return variables["params"], state
 

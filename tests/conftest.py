@@ -33,6 +33,21 @@ def digits9(data_dir):
   return data.load("digitswo9", data_dir)
 
 
+def normal(seed: int, shape) -> "jax.Array":
+  """Standard normal float32 test inputs drawn by numpy: an eager `jax.random.normal`
+  compiles a sampler for every shape (about a second each at XLA:CPU's -O3)."""
+  import jax.numpy as jnp
+  import numpy as np
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
+
+
+def uniform(seed: int, shape) -> "jax.Array":
+  """Uniform [0, 1) float32 test inputs drawn by numpy (see `normal`)."""
+  import jax.numpy as jnp
+  import numpy as np
+  return jnp.asarray(np.random.default_rng(seed).random(shape, np.float32))
+
+
 def subprocess_env() -> dict[str, str]:
   """The environment of an entry point run by a test: unbuffered output and the session's
   compilation cache (above)."""

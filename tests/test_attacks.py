@@ -2,6 +2,7 @@
 import jax
 import numpy as np
 import pytest
+from conftest import uniform
 
 from ncg_jax.attacks import cw_l2, pgd
 
@@ -196,7 +197,7 @@ def test_attacks_differentiate_a_plain_flax_network_as_its_ncg_jax_layers_twin()
       h = max_pool_2x2(h) if self.ncg_jax_layers else nn.max_pool(h, (2, 2), (2, 2))
       return nn.Dense(3)(h.reshape(h.shape[0], -1))
 
-  x = jax.random.uniform(jax.random.key(0), (16, 10, 10, 1))
+  x = uniform(0, (16, 10, 10, 1))
   v = Net(False).init(jax.random.key(1), x)
   plain, twin = (lambda xx, m=Net(flag): m.apply(v, xx) for flag in (False, True))
   y = np.asarray(jax.numpy.argmax(plain(x), -1))

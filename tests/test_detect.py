@@ -8,6 +8,8 @@ from scipy.special import logsumexp, softmax
 from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 
+from conftest import normal, uniform
+
 from ncg_jax import detect, models
 from ncg_jax.detect import distances, gradients, nac
 from ncg_jax.functional import as_partial, in_row_chunks, rowwise_value_and_grad
@@ -75,7 +77,7 @@ def test_as_ncg_jax_layers_keeps_values_and_gradients_of_flax_pooling_and_convol
   inner = jax.jit(lambda h: nn.max_pool(h, (2, 2), (2, 2)))  # nested jit, odd height
   convs = [nn.Conv(4, (3, 3)), nn.Conv(4, (3, 3), padding="VALID"),
            nn.Conv(4, (3, 3), padding=((2, 0), (1, 1))), nn.Conv(4, (3, 3), strides=2)]
-  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+  x = normal(0, (2, 7, 6, 3))
   vs = [c.init(jax.random.key(i), x) for i, c in enumerate(convs)]
 
   def f(x):
@@ -92,10 +94,10 @@ def test_as_ncg_jax_layers_keeps_values_and_gradients_of_flax_pooling_and_convol
 
 
 def test_in_row_chunks_maps_rows_in_chunks_with_the_same_values_and_gradients():
-  w = jax.random.normal(jax.random.key(0), (3, 3, 1, 4))
+  w = normal(0, (3, 3, 1, 4))
   f = lambda x: jnp.tanh(jax.lax.conv_general_dilated(
       x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))).sum(axis=(1, 2))
-  x = jax.random.normal(jax.random.key(1), (24, 6, 6, 1))
+  x = normal(1, (24, 6, 6, 1))
   g = in_row_chunks(f, rows=8)
   np.testing.assert_allclose(g(x), f(x), rtol=1e-6, atol=1e-6)
   loss = lambda h: lambda xx: jnp.sum(h(xx) ** 2)
@@ -107,8 +109,8 @@ def test_in_row_chunks_maps_rows_in_chunks_with_the_same_values_and_gradients():
 def test_rowwise_value_and_grad_chunks_the_gradient_and_its_row_arguments():
   """Values, aux and input gradient as `jax.value_and_grad` of the summed per-row values;
   the labels travel with their rows; on the CPU one loop holds each chunk's forward and VJP."""
-  w = jax.random.normal(jax.random.key(0), (3, 3, 1, 4))
-  x = jax.random.normal(jax.random.key(1), (192, 6, 6, 1))
+  w = normal(0, (3, 3, 1, 4))
+  x = normal(1, (192, 6, 6, 1))
   y = jnp.arange(192) % 4
 
   def per_row(xx, yy):
@@ -142,7 +144,7 @@ def plain_flax_net(x, outputs: int):
 
 
 def test_odin_through_a_plain_flax_network_equals_odin_from_xla_gradients():
-  x = jax.random.uniform(jax.random.key(1), (128, 8, 8, 1))  # two chunks of 64 on the CPU
+  x = uniform(1, (128, 8, 8, 1))  # two chunks of 64 on the CPU
   f = plain_flax_net(x, 5)
   t, eps = 1000.0, 0.0014
   g = jax.grad(lambda xx: -jnp.sum(jax.nn.log_softmax(f(xx) / t)[jnp.arange(128),
@@ -292,8 +294,8 @@ def test_nac_score_equals_the_dense_mask_reference():
 def test_nac_pooled_gradients_at_the_penultimate_layer_match_the_closed_form():
   model = models.create("cnn002", 4)
   params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  params["head"]["kernel"] = jax.random.normal(jax.random.key(1), (200, 4))
-  x = jax.random.uniform(jax.random.key(2), (6, 28, 28, 1))
+  params["head"]["kernel"] = normal(1, (200, 4))
+  x = uniform(2, (6, 28, 28, 1))
   pooled = nac.pooled_states(model, {"params": params}, x, ("block1", "features"))
   logits, feats = model.apply({"params": params}, x)
   p = softmax(np.asarray(logits, np.float64), axis=1)
@@ -312,7 +314,7 @@ def test_search_reads_only_validation_inputs_and_picks_the_best_auroc(digits9):
   rng = np.random.default_rng(0)
   model_ = models.create("cnn002", 9)
   params, _ = models.init(model_, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), (200, 9))
+  params["head"]["kernel"] = 0.1 * normal(1, (200, 9))
   m = Model(Trained(model_, params, {}), digits9.train.x[:300], digits9.train.y[:300], 9,
             nac_subset=90)
   v_id, v_ood = Inputs(m, digits9.test.x[:40]), Inputs(m, digits9.ood.x[:30])
@@ -352,7 +354,7 @@ def test_mahalanobis_preprocessing_on_a_linear_feature_map():
 def test_mahalanobis_preprocessing_of_a_plain_flax_network_runs_without_select_and_scatter():
   """Through `as_ncg_jax_layers` (as ODIN): same scores as from XLA's own gradient of the
   network, and no `select_and_scatter` (XLA:CPU's scalar pooling gradient) compiled."""
-  x = jax.random.uniform(jax.random.key(1), (128, 8, 8, 1))  # two chunks of 64 on the CPU
+  x = uniform(1, (128, 8, 8, 1))  # two chunks of 64 on the CPU
   f = plain_flax_net(x, 3)
   stats = detect.fit_mahalanobis(np.asarray(f(x)), np.arange(128) % 2, 2)
   closest = lambda xx: jnp.sum(jnp.min(distances.mahalanobis_distances(stats, f(xx)), axis=-1))
@@ -370,7 +372,7 @@ def test_mahalanobis_preprocessing_of_a_plain_flax_network_runs_without_select_a
 def test_layer_ensemble_scores_are_per_layer_mahalanobis_of_mean_pooled_maps():
   model = models.create("cnn002", 3)
   params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  x = np.asarray(jax.random.uniform(jax.random.key(1), (60, 28, 28, 1)))
+  x = np.asarray(uniform(1, (60, 28, 28, 1)))
   y = np.arange(60) % 3
   layers = ("block1", "block2")
   _, inter = model.apply({"params": params}, x, mutable=["intermediates"])

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import uniform
 
 from ncg_jax import data, models
 from ncg_jax.attacks import cw_l2
@@ -26,7 +27,7 @@ class BNNet(nn.Module):
 
 def setup(seed=0):
   model = BNNet()
-  x = jax.random.uniform(jax.random.key(seed), (32, 8))
+  x = uniform(seed, (32, 8))
   y = jnp.arange(32) % 3
   variables = model.init(jax.random.key(1), x)
   params = variables["params"]

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")  # in the test extras; skipped only outside them
 
 from ncg_jax import models  # noqa: E402
+from ncg_jax.models import logits_and_features  # noqa: E402
 from ncg_jax.models.pretrained import import_weights, read_checkpoint  # noqa: E402
 from ncg_jax.registry import ConfigError  # noqa: E402
 from tests import torch_twins as tw  # noqa: E402
@@ -72,7 +73,7 @@ def _agree(twin, trained, size, channels, n=3, seed=0):
   with torch.no_grad():
     out = twin(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
   logits_t, feats_t = (o.numpy() for o in out) if isinstance(out, tuple) else (out.numpy(), None)
-  logits, feats = trained.model.apply(trained.variables(), x, train=False)
+  logits, feats = logits_and_features(trained, x)  # what ncg_jax runs (one program, not op by op)
   np.testing.assert_allclose(np.asarray(logits), logits_t, rtol=0, atol=1e-4)
   if feats_t is not None:
     np.testing.assert_allclose(np.asarray(feats), feats_t, rtol=0, atol=1e-4)

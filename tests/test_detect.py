@@ -386,6 +386,13 @@ def test_layer_ensemble_scores_are_per_layer_mahalanobis_of_mean_pooled_maps():
     np.testing.assert_allclose(ours[:, j], ref, rtol=2e-3, atol=2e-3)
   w = distances.fit_ensemble_weights(np.asarray(ours), np.asarray(ours) - 5.0)
   assert w["weights"].shape == (2,)
+  # a grid of magnitudes in one pass (one gradient sign per layer) gives each one's scores
+  grid = distances.ensemble_layer_scores(fn, stats, x[:10], epsilon=(0.0, 0.01))
+  assert grid.shape == (10, 2, 2)
+  np.testing.assert_array_equal(grid[:, 0], ours)
+  np.testing.assert_array_equal(grid[:, 1], distances.ensemble_layer_scores(fn, stats, x[:10],
+                                                                            epsilon=0.01))
+  assert not np.array_equal(grid[:, 1], ours)
 
 
 def test_ash_keeps_exactly_k_activations_of_sparse_features():

@@ -192,25 +192,29 @@ def layer_features(model, variables, x, layers: tuple[str, ...]):
 
 
 @jax.jit
-def _ensemble_layer_scores(features_fn, stats, x, epsilon):
-  """[B, L]: per layer, input preprocessing against that layer's closest class, then its
-  Mahalanobis score (one VJP and one forward per layer, as Lee et al.)."""
+def _ensemble_layer_scores(features_fn, stats, x, epsilons):
+  """[B, E, L]: per layer, the input gradient's sign against that layer's closest class,
+  then for each magnitude in `epsilons` [E] the Mahalanobis score of the preprocessed input
+  (Lee et al.: one VJP per layer, one forward per layer and magnitude; the sign does not
+  depend on the magnitude, so a grid of magnitudes shares it)."""
   features_fn = as_ncg_jax_layers(features_fn)
   cols = []
   for name in sorted(stats):
     def closest(xx, name=name):
       return jnp.sum(jnp.min(mahalanobis_distances(stats[name], features_fn(xx)[name]), axis=-1))
-    g = jax.grad(closest)(x)
-    x2 = x - epsilon * jnp.where(g >= 0, 1.0, -1.0)
-    cols.append(mahalanobis(stats[name], features_fn(x2)[name]))
-  return jnp.stack(cols, axis=1)
+    sign = jnp.where(jax.grad(closest)(x) >= 0, 1.0, -1.0)
+    score = lambda e, name=name, sign=sign: mahalanobis(stats[name], features_fn(x - e * sign)[name])
+    cols.append(jax.lax.map(score, epsilons).T)  # [B, E]
+  return jnp.stack(cols, axis=2)
 
 
-def ensemble_layer_scores(features_fn, stats: dict, x, *, epsilon: float = 0.0):
-  """Per-layer preprocessed Mahalanobis scores [B, L] (layers in sorted order);
+def ensemble_layer_scores(features_fn, stats: dict, x, *, epsilon=0.0):
+  """Per-layer preprocessed Mahalanobis scores [B, L] (layers in sorted order) for one
+  magnitude `epsilon`, or [B, E, L] for a sequence of E magnitudes;
   `features_fn(x) -> {layer: [B, C]}`."""
-  return _ensemble_layer_scores(as_partial(features_fn), stats, jnp.asarray(x, jnp.float32),
-                                jnp.float32(epsilon))
+  eps = jnp.atleast_1d(jnp.asarray(epsilon, jnp.float32))
+  out = _ensemble_layer_scores(as_partial(features_fn), stats, jnp.asarray(x, jnp.float32), eps)
+  return out if np.ndim(epsilon) else out[:, 0]
 
 
 def fit_ensemble_weights(scores_id: np.ndarray, scores_ood: np.ndarray) -> dict:
@@ -269,11 +273,13 @@ def fit_mahalanobis_ensemble(layer_fn, logits_fn, train_x, train_y, num_classes:
 
   x_adv = map_batches(fgsm, id_x, np.asarray(id_y, np.int32), batch_size=batch_size)
   half = len(id_x) // 2
+  per = lambda a: np.asarray(map_batches(lambda xb: ensemble_layer_scores(
+      layer_fn, stats, to_input(xb), epsilon=tuple(epsilons)), a, batch_size=batch_size,
+      label="Mahalanobis ensemble tuning"))  # [N, E, L]: every magnitude in one pass
+  scores_in, scores_adv = per(id_x), per(x_adv)
   best = None
-  for eps in epsilons:
-    per = lambda a: np.asarray(map_batches(lambda xb: ensemble_layer_scores(
-        layer_fn, stats, to_input(xb), epsilon=eps), a, batch_size=batch_size))
-    s_in, s_adv = per(id_x), per(x_adv)
+  for i, eps in enumerate(epsilons):
+    s_in, s_adv = scores_in[:, i], scores_adv[:, i]
     w = fit_ensemble_weights(s_in[:half], s_adv[:half])
     fpr = metrics.evaluate(mahalanobis_ensemble(w, s_in[half:]),
                            mahalanobis_ensemble(w, s_adv[half:]))["fpr95"]

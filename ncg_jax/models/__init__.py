@@ -84,7 +84,8 @@ def fields_of(model, arch: str) -> dict:
 # on jaxlib 0.10); -O0 changes them, so it is not used. Against Flax's op-by-op `model.init`
 # they are the same bits for the architectures ncg_jax trains (CNN002, MLP, WRN, ResNet,
 # DenseNet); a ViT's position embedding differs by one ulp (XLA folds `normal(0.02)`'s scale
-# into the sampler's constant). `tests/test_models.py` keeps both checks on small twins.
+# into the sampler's constant). `tests/test_models.py` checks CNN002 and a small ViT against
+# the op-by-op init.
 # Other backends keep their defaults.
 _CPU_INIT_OPTIONS = {"xla_backend_optimization_level": 1}
 

@@ -90,12 +90,15 @@ def fields_of(model, arch: str) -> dict:
 _CPU_INIT_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
+def _variables(model: nn.Module, key: jax.Array, x: jnp.ndarray) -> dict:
+  return model.init({"params": key, "dropout": key}, x, train=False)
+
+
 @functools.lru_cache(maxsize=None)
 def _init_fn(model: nn.Module, backend: str):
   """One jitted initialisation per architecture (modules are hashable dataclasses)."""
-  def fn(key, x):
-    return model.init({"params": key, "dropout": key}, x, train=False)
-  return jax.jit(fn, compiler_options=_CPU_INIT_OPTIONS if backend == "cpu" else None)
+  return jax.jit(functools.partial(_variables, model),
+                 compiler_options=_CPU_INIT_OPTIONS if backend == "cpu" else None)
 
 
 def init(model: nn.Module, key: jax.Array, example_x: jnp.ndarray) -> tuple[Any, dict]:
@@ -107,7 +110,7 @@ def init(model: nn.Module, key: jax.Array, example_x: jnp.ndarray) -> tuple[Any,
   if core.trace_state_clean():
     variables = _init_fn(model, jax.default_backend())(key, jnp.asarray(example_x[:1]))
   else:
-    variables = model.init({"params": key, "dropout": key}, example_x[:1], train=False)
+    variables = _variables(model, key, example_x[:1])
   state = {k: v for k, v in variables.items() if k in STATE_COLLECTIONS}
   return variables["params"], state
 

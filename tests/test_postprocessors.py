@@ -105,6 +105,32 @@ def test_ash_p_and_s_and_scale_against_numpy(variant):
                              logsumexp(scaled @ head["kernel"] + head["bias"], axis=1), rtol=1e-5)
 
 
+def test_ash_mask_is_top_k_order_for_every_k_and_one_program_per_shape():
+  """ASH's and SCALE's mask keeps the k first entries of each row in `lax.top_k`'s order
+  (IEEE total order, 0.0 above -0.0; ties towards the lower index), for every k, on rows
+  with ties, signed zeros and infinities; numpy sorts by the (total-order key, index) pairs
+  as the oracle. k is an argument, so a grid of percentiles compiles one program."""
+  from ncg_jax.detect import scores
+  rng = np.random.default_rng(11)
+  h = np.round(rng.normal(size=(30, 16)), 0).astype(np.float32)  # many ties
+  h[:, ::5] = -0.0
+  h[3, 4], h[4, 7], h[5, 1] = np.inf, -np.inf, 0.0
+  bits = h.view(np.uint32).astype(np.int64)
+  key = np.where(bits >> 31 == 1, -bits, bits)  # increasing in IEEE total order
+  for k in range(1, 17):
+    ref = np.zeros(h.shape, bool)
+    for i in range(len(h)):
+      ref[i, sorted(range(16), key=lambda j: (-key[i, j], j))[:k]] = True
+    np.testing.assert_array_equal(scores._top_k_mask(jnp.asarray(h), k), ref)
+  head, feats, _ = linear(d=20, seed=3)
+  before = scores._ash._cache_size(), scores._scale._cache_size()
+  for p in (65, 80, 95):
+    detect.ash(detect.linear_head, head, feats[:7], p, "p")
+    detect.scale(detect.linear_head, head, feats[:7], p)
+  assert (scores._ash._cache_size(), scores._scale._cache_size()) == (before[0] + 1,
+                                                                       before[1] + 1)
+
+
 def test_rmds_against_sklearn_covariances():
   rng = np.random.default_rng(8)
   y = rng.integers(0, 3, 300)

@@ -48,24 +48,46 @@ def react(head_fn, head_params, features, threshold):
   return energy(head_fn(head_params, jnp.minimum(jnp.asarray(features), threshold)))
 
 
-def _top_k_mask(h, percentile: float):
-  """Boolean mask of exactly the k = n - round(n p / 100) largest entries of each row (the
-  scatter into `topk` indices of OpenOOD's `ash_net.py`); ties are broken towards the
-  lower index, as `lax.top_k` does (`torch.topk` leaves that order unspecified)."""
+ASH_VARIANTS = ("b", "p", "s")
+
+
+def _kept_count(h, percentile: float, variant: str = "b") -> int:
+  """k = n - round(n p / 100): how many of a row's n activations ASH and SCALE keep."""
+  if variant not in ASH_VARIANTS:
+    raise ConfigError(f"unknown ASH variant '{variant}'; valid: {', '.join(ASH_VARIANTS)}")
   n = h.shape[-1]
   k = n - int(round(n * percentile / 100.0))
   if k < 1:
     raise ConfigError(f"percentile {percentile} keeps no activation of {n}")
-  flat = h.reshape(-1, n)
-  idx = jax.lax.top_k(flat, k)[1]
-  kept = jnp.zeros(flat.shape, bool).at[jnp.arange(flat.shape[0])[:, None], idx].set(True)
-  return kept.reshape(h.shape), k
+  return k
 
 
-ASH_VARIANTS = ("b", "p", "s")
+def _top_k_mask(h, k):
+  """Boolean mask of exactly the k largest entries of each row (the scatter into `topk`
+  indices of OpenOOD's `ash_net.py`), in `lax.top_k`'s order: IEEE total order (0.0 above
+  -0.0), ties towards the lower index (`torch.topk` leaves that order unspecified).
+
+  k may be traced, so a percentile grid compiles one program per feature shape rather than
+  one per grid value: each row's k-th largest key is found bit by bit (32 counting passes
+  over the float's total-order integer key), and the ties at it are kept from the lowest
+  index up. Against the scatter of `lax.top_k(h, k)` it replaces: the same masks, in the same
+  or less time on the CPU (`benchmarks/RESULTS.md`, "ASH and SCALE with k as an argument")."""
+  n = h.shape[-1]
+  bits = jax.lax.bitcast_convert_type(h.reshape(-1, n), jnp.uint32)
+  # total order as unsigned integers: negatives reversed below the positives
+  key = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+  def bit(i, t):
+    cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    return jnp.where(jnp.sum(key >= cand, axis=-1, keepdims=True) >= k, cand, t)
+
+  kth = jax.lax.fori_loop(0, 32, bit, jnp.zeros((key.shape[0], 1), jnp.uint32))
+  above = key > kth
+  tied = key == kth
+  room = k - jnp.sum(above, axis=-1, keepdims=True)
+  return (above | (tied & (jnp.cumsum(tied, axis=-1) <= room))).reshape(h.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("percentile", "variant"))
 def ash_shape(features, percentile: float = 90.0, variant: str = "b"):
   """ASH (Djurisic et al., ICLR 2023) on the penultimate vector, as OpenOOD's `ash_b`,
   `ash_p` and `ash_s`: keep exactly the top k activations (`_top_k_mask`), then
@@ -73,30 +95,42 @@ def ash_shape(features, percentile: float = 90.0, variant: str = "b"):
   p: the kept ones as they are, the rest 0;
   s: the kept ones times exp(s1 / s2) (s2 = sum of the kept ones), the rest 0."""
   h = jnp.asarray(features)
-  kept, k = _top_k_mask(h, percentile)
+  return _ash_shape(h, _kept_count(h, percentile, variant), variant)
+
+
+@functools.partial(jax.jit, static_argnames=("variant",))
+def _ash_shape(h, k, variant):
+  kept = _top_k_mask(h, k)
   s1 = jnp.sum(h, axis=-1, keepdims=True)
   if variant == "b":
     return jnp.where(kept, s1 / k, 0.0)
   pruned = jnp.where(kept, h, 0.0)
   if variant == "p":
     return pruned
-  if variant == "s":
-    return pruned * jnp.exp(s1 / jnp.sum(pruned, axis=-1, keepdims=True))
-  raise ConfigError(f"unknown ASH variant '{variant}'; valid: {', '.join(ASH_VARIANTS)}")
+  return pruned * jnp.exp(s1 / jnp.sum(pruned, axis=-1, keepdims=True))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4), static_argnames=("head_fn", "percentile", "variant"))
 def ash(head_fn, head_params, features, percentile: float = 90.0, variant: str = "b"):
   """Energy of the head applied to the ASH-shaped features (`ash_shape`)."""
-  return energy(head_fn(head_params, ash_shape(features, percentile, variant)))
+  h = jnp.asarray(features)
+  return _ash(head_fn, head_params, h, _kept_count(h, percentile, variant), variant)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=("head_fn", "percentile"))
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _ash(head_fn, head_params, h, k, variant):
+  return energy(head_fn(head_params, _ash_shape(h, k, variant)))
+
+
 def scale(head_fn, head_params, features, percentile: float = 85.0):
   """SCALE (Xu et al., ICLR 2024; OpenOOD's `scale_net.py`): the unpruned features times
   exp(s1 / s2), s1 the sum of all activations and s2 that of the top k; then energy."""
   h = jnp.asarray(features)
-  kept, _ = _top_k_mask(h, percentile)
+  return _scale(head_fn, head_params, h, _kept_count(h, percentile))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _scale(head_fn, head_params, h, k):
+  kept = _top_k_mask(h, k)
   s1 = jnp.sum(h, axis=-1, keepdims=True)
   s2 = jnp.sum(jnp.where(kept, h, 0.0), axis=-1, keepdims=True)
   return energy(head_fn(head_params, h * jnp.exp(s1 / s2)))

@@ -266,7 +266,8 @@ def test_normalisation_lives_inside_the_model():
   # resnet18 takes [0, 1] pixels and normalises them itself: the same network without
   # normalisation, fed normalised pixels, computes the same logits
   model = models.create("resnet18", 3)
-  v = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+  params, state = models.init(model, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+  v = {"params": params, **state}
   x = uniform(2, (2, 32, 32, 3))
   plain = ResNet(3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
   a = jax.jit(model.apply)(v, x)[0]

@@ -206,17 +206,17 @@ def test_nac_cached_search_equals_a_direct_fit():
 def test_vit_nac_layers_read_the_class_token_of_ln_2():
   model = models.create("vit_b_16", 3, image_size=32, patch=8, hidden=16, depth=12, heads=2, mlp=32)
   x = jnp.asarray(np.random.default_rng(11).random((4, 32, 32, 3)), jnp.float32)
-  variables = jax.jit(lambda xx: model.init(jax.random.key(0), xx, train=False))(x)
+  params, _ = models.init(model, jax.random.key(0), x)
   available = nac.perturbed_layers(model, x)
   setup = nac.setup("vit_b_16", "imagenet", 32, available)
   assert setup.source.endswith("vit/nac_imagenet.yml")
   layers = tuple(setup.layers.values())
-  pooled = nac.pooled_states(model, {"params": variables["params"]}, x, layers)
+  pooled = nac.pooled_states(model, {"params": params}, x, layers)
   (logits, _), inter = jax.jit(lambda v, xx: model.apply(v, xx, train=False, mutable=["intermediates"]))(
-      {"params": variables["params"]}, x)
+      {"params": params}, x)
   ln2 = inter["intermediates"]["encoder_layer_11"]["ln_2_out"][0]
   np.testing.assert_allclose(pooled["encoder_layer_11/ln_2_out"][0], ln2[:, 0], rtol=1e-5, atol=1e-5)
   # at the final class token the gradient has the closed form W (softmax - 1/C)
-  w = variables["params"]["head"]["kernel"]
+  w = params["head"]["kernel"]
   ref = (jax.nn.softmax(logits) - 1 / 3) @ w.T
   np.testing.assert_allclose(pooled["features"][1], ref, rtol=1e-4, atol=1e-6)

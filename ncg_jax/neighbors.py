@@ -3,7 +3,8 @@
 `nearest(database, queries, k)` returns (distances, indices), distances being true (not
 squared) L2 distances, nearest first. Backends:
   faiss: `IndexFlatL2` (exact), on the GPUs when a GPU faiss build and a GPU are present;
-  jax:   blocked `q @ db.T` + `lax.top_k`, running on whatever device JAX has (TPUs too).
+  jax:   blocked `q @ db.T`, then per block `lax.top_k` (k = 1: a minimum and a first-index
+         reduction, `_first_min`), running on whatever device JAX has (TPUs too).
 Both recompute the returned distances directly as ||q - db[i]|| in float32, so the
 distances agree across backends to float rounding. With several devices the JAX backend
 splits the database's blocks over them (per-device top-k, gathered and merged), and faiss

@@ -87,6 +87,25 @@ def test_train_step_compiles_once(digits9):
   assert len(traces) == 1
 
 
+def test_runs_of_one_architecture_and_loss_compile_their_gradient_once(digits9, tmp_path):
+  """Two runs of one architecture and loss (another seed, another data size, so another
+  learning-rate schedule; as in a held-out-class sweep) share one compiled gradient program,
+  and equal optimizer settings share the whole step."""
+  from ncg_jax.train import losses, optim, trainer
+  cfg = dataclasses.replace(CFG, epochs=1)
+  train(models.create("cnn002", 9), small(digits9, 192), cfg, str(tmp_path / "a"),
+        log=lambda s: None)
+  gradient = trainer._cached_gradient(models.create("cnn002", 9), losses.make_loss("ce"), False)
+  assert gradient._cache_size() == 1
+  train(models.create("cnn002", 9), small(digits9, 320), dataclasses.replace(cfg, seed=1),
+        str(tmp_path / "b"), log=lambda s: None)
+  assert gradient._cache_size() == 1  # the second run compiled no gradient of its own
+  tx = lambda steps: optim.make_optimizer("sgd", 0.05, 0.9, [1], steps)
+  assert tx(3) is tx(3) and tx(3) is not tx(5)
+  step = lambda steps: make_train_step(models.create("cnn002", 9), losses.make_loss("ce"), tx(steps))
+  assert step(3) is step(3) and step(3) is not step(5)
+
+
 def test_train_step_as_two_programs_gives_the_bits_of_one(digits9):
   """The CPU's default step (gradient, then the optimizer's update, as two programs) and the
   one-program step of accelerators give bitwise the same states and metrics, with momentum

@@ -24,6 +24,7 @@ running statistics, never updated), as TRADES and the NCG paper's code do.
                the half batch (an odd last example is dropped).
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -150,6 +151,13 @@ def is_robust(name: str) -> bool:
 
 
 def make_loss(name: str, attack: AttackConfig | None = None):
+  """The loss `name` (with its inner attack): one function object per (name, attack), so that
+  the train steps built on it (`trainer.make_train_step`) are compiled once per process."""
+  return _loss(name, attack)
+
+
+@functools.lru_cache(maxsize=None)
+def _loss(name, attack):
   return LOSSES.get(name, attack=attack)
 
 

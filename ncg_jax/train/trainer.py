@@ -7,6 +7,7 @@ epoch, so a run resumed from its latest checkpoint ends with exactly the paramet
 uninterrupted run.
 """
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -90,7 +91,22 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
   momentum at batch 128 took 6% longer (paired alternating calls on the 2-core VM; the cause
   inside XLA's executor was not isolated); the robust steps, ten times longer, took about the
   same either way (`benchmarks/RESULTS.md`). Both forms give bitwise the same states
-  (`tests/test_train.py`)."""
+  (`tests/test_train.py`).
+
+  Steps are cached per (model, loss_fn, tx, augmentation), and on the CPU the gradient program
+  per (model, loss_fn, augmentation): with `losses.make_loss` and `optim.make_optimizer`
+  returning one object per setting, the runs of a held-out-class sweep or of several seeds
+  compile each architecture's gradient once per process, not once per `train` call."""
+  if separate_update is None:
+    separate_update = jax.default_backend() == "cpu"
+  try:
+    hash((model, loss_fn, tx))
+  except TypeError:  # e.g. a model with a dict attribute: built afresh, compiled per call
+    return _build_train_step(model, loss_fn, tx, augment_images, separate_update, cache=False)
+  return _cached_train_step(model, loss_fn, tx, augment_images, separate_update)
+
+
+def _gradient_fn(model, loss_fn, augment_images):
   forward = make_forward(model)
 
   def gradient(state, x, y, key):
@@ -105,7 +121,17 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
         state["params"])
     acc = jnp.mean(jnp.argmax(logits, -1) == y)
     return grads, model_state, (loss, acc)
+  return gradient
 
+
+def _jit_gradient(model, loss_fn, augment_images):
+  return jax.jit(_gradient_fn(model, loss_fn, augment_images))
+
+
+_cached_gradient = functools.lru_cache(maxsize=64)(_jit_gradient)
+
+
+def _build_train_step(model, loss_fn, tx, augment_images, separate_update, cache=True):
   def update(params, opt, grads):
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt
@@ -117,11 +143,13 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
       return {"params": params, "model_state": model_state, "opt": opt}, metrics
     return step
 
-  if separate_update is None:
-    separate_update = jax.default_backend() == "cpu"
   if not separate_update:
-    return jax.jit(chain(gradient, update), donate_argnums=0)
-  return chain(jax.jit(gradient), jax.jit(update, donate_argnums=(0, 1)))
+    return jax.jit(chain(_gradient_fn(model, loss_fn, augment_images), update), donate_argnums=0)
+  gradient = (_cached_gradient if cache else _jit_gradient)(model, loss_fn, augment_images)
+  return chain(gradient, jax.jit(update, donate_argnums=(0, 1)))
+
+
+_cached_train_step = functools.lru_cache(maxsize=64)(_build_train_step)
 
 
 def _tensorboard_writer(run_dir: str):

@@ -128,8 +128,9 @@ def test_ash_mask_is_top_k_order_for_every_k_and_one_program_per_shape():
   for p in (65, 80, 95):
     detect.ash(detect.linear_head, head, feats[:7], p, "p")
     detect.scale(detect.linear_head, head, feats[:7], p)
-  assert (scores._ash._cache_size(), scores._scale._cache_size()) == (before[0] + 1,
-                                                                       before[1] + 1)
+  # at most one new program each (none if another test compiled this shape already)
+  assert scores._ash._cache_size() <= before[0] + 1
+  assert scores._scale._cache_size() <= before[1] + 1
 
 
 def test_rmds_against_sklearn_covariances():

@@ -96,10 +96,11 @@ def test_runs_of_one_architecture_and_loss_compile_their_gradient_once(digits9, 
   train(models.create("cnn002", 9), small(digits9, 192), cfg, str(tmp_path / "a"),
         log=lambda s: None)
   gradient = trainer._cached_gradient(models.create("cnn002", 9), losses.make_loss("ce"), False)
-  assert gradient._cache_size() == 1
+  compiled = gradient._cache_size()  # other tests in this process may have added shapes
+  assert compiled >= 1
   train(models.create("cnn002", 9), small(digits9, 320), dataclasses.replace(cfg, seed=1),
         str(tmp_path / "b"), log=lambda s: None)
-  assert gradient._cache_size() == 1  # the second run compiled no gradient of its own
+  assert gradient._cache_size() == compiled  # the second run compiled no gradient of its own
   tx = lambda steps: optim.make_optimizer("sgd", 0.05, 0.9, [1], steps)
   assert tx(3) is tx(3) and tx(3) is not tx(5)
   step = lambda steps: make_train_step(models.create("cnn002", 9), losses.make_loss("ce"), tx(steps))

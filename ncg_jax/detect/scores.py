@@ -51,10 +51,8 @@ def react(head_fn, head_params, features, threshold):
 ASH_VARIANTS = ("b", "p", "s")
 
 
-def _kept_count(h, percentile: float, variant: str = "b") -> int:
+def _kept_count(h, percentile: float) -> int:
   """k = n - round(n p / 100): how many of a row's n activations ASH and SCALE keep."""
-  if variant not in ASH_VARIANTS:
-    raise ConfigError(f"unknown ASH variant '{variant}'; valid: {', '.join(ASH_VARIANTS)}")
   n = h.shape[-1]
   k = n - int(round(n * percentile / 100.0))
   if k < 1:
@@ -95,7 +93,7 @@ def ash_shape(features, percentile: float = 90.0, variant: str = "b"):
   p: the kept ones as they are, the rest 0;
   s: the kept ones times exp(s1 / s2) (s2 = sum of the kept ones), the rest 0."""
   h = jnp.asarray(features)
-  return _ash_shape(h, _kept_count(h, percentile, variant), variant)
+  return _ash_shape(h, _kept_count(h, percentile), variant)
 
 
 @functools.partial(jax.jit, static_argnames=("variant",))
@@ -107,13 +105,15 @@ def _ash_shape(h, k, variant):
   pruned = jnp.where(kept, h, 0.0)
   if variant == "p":
     return pruned
-  return pruned * jnp.exp(s1 / jnp.sum(pruned, axis=-1, keepdims=True))
+  if variant == "s":
+    return pruned * jnp.exp(s1 / jnp.sum(pruned, axis=-1, keepdims=True))
+  raise ConfigError(f"unknown ASH variant '{variant}'; valid: {', '.join(ASH_VARIANTS)}")
 
 
 def ash(head_fn, head_params, features, percentile: float = 90.0, variant: str = "b"):
   """Energy of the head applied to the ASH-shaped features (`ash_shape`)."""
   h = jnp.asarray(features)
-  return _ash(head_fn, head_params, h, _kept_count(h, percentile, variant), variant)
+  return _ash(head_fn, head_params, h, _kept_count(h, percentile), variant)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

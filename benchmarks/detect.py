@@ -10,6 +10,9 @@ Flax (`nn.Conv`, `nn.max_pool`) and passed as a function, as a notebook user wou
 in a second process started with NCG_JAX_KEEP_XLA_DEFAULTS=1, with XLA's CPU defaults (what
 a user gets when JAX ran before ncg_jax was imported).
 
+ODIN at two epsilons from one gradient (what ODIN's validation search runs per temperature)
+is printed beside it: both scores of each image, as one row.
+
 ODIN is also timed through other ncg_jax architectures at CIFAR's input shape (random
 weights; `--archs`, `--arch_batch`), each against its own forward.
 
@@ -59,6 +62,9 @@ def odin_rows(batch: int, repeat: int) -> tuple[dict, dict]:
   plain_fwd = jax.jit(plain_fn)
   fns = {"forward (logits)": own_fwd, "forward, variables compiled in": const_fwd,
          "ODIN": lambda xx: detect.odin(own_fn, xx),
+         # a validation search's pair (registry): both scores of each image, one gradient
+         "ODIN at 2 epsilons (one gradient)": lambda xx: detect.odin(own_fn, xx,
+                                                                     epsilon=(0.0014, 0.0028)),
          "plain Flax forward": plain_fwd,
          "plain Flax ODIN (logits_fn=lambda x: net.apply(v, x))": lambda xx: detect.odin(plain_fn, xx)}
   flops = {name: model_flops(f, x) for name, f in fns.items()}
@@ -206,7 +212,8 @@ def print_odin(t: dict, flops: dict, batch: int, label: str):
   print(row("detector", "images/s", "x its network's forward", "FLOPs x forward"))
   print(row("---", "---", "---", "---"))
   for own, name in ((True, "forward (logits)"), (True, "forward, variables compiled in"),
-                    (True, "ODIN"), (False, "plain Flax forward"),
+                    (True, "ODIN"), (True, "ODIN at 2 epsilons (one gradient)"),
+                    (False, "plain Flax forward"),
                     (False, "plain Flax ODIN (logits_fn=lambda x: net.apply(v, x))")):
     fwd = "forward (logits)" if own else "plain Flax forward"
     print(row(f"{label} {name}", f"{batch / t[name]:,.0f}", f"{t[name] / t[fwd]:.2f}",

@@ -58,6 +58,14 @@ def test_odin_on_a_linear_model_matches_the_closed_form(temperature, epsilon):
   ours = detect.odin(f, x.astype(np.float32), temperature=temperature, epsilon=epsilon,
                      input_std=std.astype(np.float32))
   np.testing.assert_allclose(ours, ref, rtol=1e-4)
+  # several magnitudes from one gradient: one column each
+  both = detect.odin(f, x.astype(np.float32), temperature=temperature,
+                     epsilon=(epsilon, 3 * epsilon), input_std=std.astype(np.float32))
+  ref3 = softmax(((x - 3 * epsilon * step) @ w + b) / temperature, axis=1).max(1)
+  assert both.shape == (25, 2)
+  np.testing.assert_allclose(both, np.stack([ref, ref3], 1), rtol=1e-4)
+  with pytest.raises(ValueError, match="1-D"):
+    detect.odin(f, x.astype(np.float32), epsilon=[[epsilon]])
 
 
 def test_odin_zero_gradient_steps_plus_one():
@@ -153,7 +161,8 @@ def test_odin_through_a_plain_flax_network_equals_odin_from_xla_gradients():
   np.testing.assert_allclose(detect.odin(f, x, temperature=t, epsilon=eps), ref, rtol=1e-6)
   # one loop: each chunk's forward and VJP together (differentiating a chunked forward makes
   # two, the second reading activations stacked by the first)
-  jaxpr = jax.make_jaxpr(gradients._odin_perturb)(as_partial(f), x, t, eps, jnp.float32(1.0))
+  jaxpr = jax.make_jaxpr(gradients._odin_perturb)(as_partial(f), x, t, np.float32([eps]),
+                                                   jnp.float32(1.0))
   assert str(jaxpr).count("scan[") == 1
 
 
@@ -306,6 +315,32 @@ def test_nac_pooled_gradients_at_the_penultimate_layer_match_the_closed_form():
   np.testing.assert_allclose(pooled["features"][1], g_ref, rtol=1e-4, atol=1e-5)
   assert np.abs(g_ref).max() > 0.5
   assert pooled["block1"][0].shape == (6, 32) and pooled["block1"][1].shape == (6, 32)
+
+
+def test_odin_search_takes_one_gradient_per_temperature_with_the_scores_of_one_by_one(
+    digits9, monkeypatch):
+  """The registry scores ODIN's grid (4 temperatures x 2 epsilons) with one perturbation
+  program call per temperature and batch, and gives each point the bits of scoring it alone
+  (its epsilons' perturbed batches come from one gradient)."""
+  from ncg_jax.detect import aps
+  from ncg_jax.detect.registry import Inputs, Model
+  model_ = models.create("cnn002", 9)
+  params, _ = models.init(model_, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params["head"]["kernel"] = 0.1 * normal(1, (200, 9))
+  m = Model(Trained(model_, params, {}), digits9.train.x[:100], digits9.train.y[:100], 9)
+  s = Inputs(m, digits9.ood.x[:50])
+  det = detect.DETECTORS.get("odin")
+  points = aps.grid_points(det.grid(m))
+  calls = []
+  perturb = gradients._odin_perturb
+  monkeypatch.setattr(gradients, "_odin_perturb", lambda *a: (calls.append(1), perturb(*a))[1])
+  alone = [det.score(m, s, hp) for hp in points]
+  assert len(points) == 8 and len(calls) == 8
+  grouped = det.score_points(m, s, points)
+  assert len(calls) == 8 + 4
+  for a, g in zip(alone, grouped):
+    assert a.dtype == g.dtype == np.float32 and np.array_equal(a, g)
+  assert not np.array_equal(alone[0], alone[1])  # the epsilons do differ
 
 
 def test_search_reads_only_validation_inputs_and_picks_the_best_auroc(digits9):

@@ -23,9 +23,8 @@ def search(name: str, model: Model, val_id: Inputs | None, val_ood: Inputs | Non
   points = grid_points(det.grid(model))
   if len(points) <= 1 or not det.aps or val_id is None or val_ood is None:
     return state, (points[0] if points else {}), []
-  trace = []
-  for hp in points:
-    auroc = metrics.evaluate(det.score(state, val_id, hp), det.score(state, val_ood, hp))["auroc"]
-    trace.append((hp, auroc))
+  scored = zip(det.score_points(state, val_id, points), det.score_points(state, val_ood, points))
+  trace = [(hp, metrics.evaluate(s_id, s_ood)["auroc"])
+           for hp, (s_id, s_ood) in zip(points, scored)]
   best = max(range(len(trace)), key=lambda i: (trace[i][1], -i))
   return state, trace[best][0], trace

@@ -161,8 +161,7 @@ def test_odin_through_a_plain_flax_network_equals_odin_from_xla_gradients():
   np.testing.assert_allclose(detect.odin(f, x, temperature=t, epsilon=eps), ref, rtol=1e-6)
   # one loop: each chunk's forward and VJP together (differentiating a chunked forward makes
   # two, the second reading activations stacked by the first)
-  jaxpr = jax.make_jaxpr(gradients._odin_perturb)(as_partial(f), x, t, np.float32([eps]),
-                                                   jnp.float32(1.0))
+  jaxpr = jax.make_jaxpr(gradients._odin_direction)(as_partial(f), x, t, jnp.float32(1.0))
   assert str(jaxpr).count("scan[") == 1
 
 
@@ -319,9 +318,8 @@ def test_nac_pooled_gradients_at_the_penultimate_layer_match_the_closed_form():
 
 def test_odin_search_takes_one_gradient_per_temperature_with_the_scores_of_one_by_one(
     digits9, monkeypatch):
-  """The registry scores ODIN's grid (4 temperatures x 2 epsilons) with one perturbation
-  program call per temperature and batch, and gives each point the bits of scoring it alone
-  (its epsilons' perturbed batches come from one gradient)."""
+  """The registry scores ODIN's grid (4 temperatures x 2 epsilons) with one gradient per
+  temperature and batch, and gives each point the bits of scoring it alone."""
   from ncg_jax.detect import aps
   from ncg_jax.detect.registry import Inputs, Model
   model_ = models.create("cnn002", 9)
@@ -332,8 +330,9 @@ def test_odin_search_takes_one_gradient_per_temperature_with_the_scores_of_one_b
   det = detect.DETECTORS.get("odin")
   points = aps.grid_points(det.grid(m))
   calls = []
-  perturb = gradients._odin_perturb
-  monkeypatch.setattr(gradients, "_odin_perturb", lambda *a: (calls.append(1), perturb(*a))[1])
+  direction = gradients._odin_direction
+  monkeypatch.setattr(gradients, "_odin_direction",
+                      lambda *a: (calls.append(1), direction(*a))[1])
   alone = [det.score(m, s, hp) for hp in points]
   assert len(points) == 8 and len(calls) == 8
   grouped = det.score_points(m, s, points)

@@ -25,8 +25,8 @@ from ncg_jax.models.layers import as_ncg_jax_layers
 
 
 @jax.jit
-def _odin_perturb(logits_fn, x, temperature, epsilons, input_std):
-  """x - epsilon * direction for each of `epsilons` (a tuple of E arrays) from one gradient."""
+def _odin_direction(logits_fn, x, temperature, input_std):
+  """ODIN's step before its magnitude: +1 / std where the gradient is >= 0, else -1 / std."""
   net = as_ncg_jax_layers(logits_fn)
 
   def loss(xx):  # per example: its own CE against its own predicted label
@@ -36,13 +36,13 @@ def _odin_perturb(logits_fn, x, temperature, epsilons, input_std):
                                 axis=-1)[:, 0], ()
   _, g = rowwise_value_and_grad(loss)(x)
   std = input_std.reshape((1,) * (g.ndim - input_std.ndim) + input_std.shape)  # per channel
-  direction = jnp.where(g >= 0, 1.0, -1.0) / std
-  return tuple(x - epsilons[i] * direction for i in range(epsilons.shape[0]))
+  return jnp.where(g >= 0, 1.0, -1.0) / std
 
 
 @jax.jit
-def _tempered_msp(logits_fn, x, temperature):
-  return jnp.max(jax.nn.softmax(logits_fn(x) / temperature, axis=-1), axis=-1)
+def _perturbed_msp(logits_fn, x, direction, temperature, epsilon):
+  x_perturbed = x - epsilon * direction
+  return jnp.max(jax.nn.softmax(logits_fn(x_perturbed) / temperature, axis=-1), axis=-1)
 
 
 def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon=0.0014, input_std=1.0):
@@ -51,14 +51,16 @@ def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon=0.0014, input_std
   magnitudes, giving [B, E] from one gradient (the direction depends on the temperature, not
   on epsilon; as `distances.ensemble_layer_scores`): a validation search over ODIN's grid
   pays one forward for each further epsilon instead of a forward, a VJP and a forward
-  (`registry`; CNN002, 8 points on 2 x 1,000 images: 1.7x faster, same scores).
+  (`registry`; CNN002, 8 points on 2 x 1,000 images: 1.55-1.70x faster, same scores).
 
-  Two compiled programs, the perturbation (forward + input VJP, then the perturbed batch for
-  each epsilon) and the scoring forward, called once per epsilon: in one program XLA:CPU
-  shares the first pass's broadcast biases with the second forward and materialises them
-  (four 22 MB broadcasts for CNN002 at batch 256), which made ODIN 8.2x a forward instead of
-  6.2x (`python -m benchmarks.detect`). The gradient runs through
-  `models.layers.as_ncg_jax_layers(logits_fn)`: a user network's `nn.max_pool(x, (2, 2),
+  Two compiled programs, the direction (forward + input VJP) and the perturbation with the
+  scoring forward, called once per epsilon (in one program XLA:CPU shared the first pass's
+  broadcast biases with the second forward and materialised them, four 22 MB broadcasts for
+  CNN002 at batch 256, which made ODIN 8.2x a forward instead of 6.2x, `python -m
+  benchmarks.detect`). With a non-unit `input_std`, x - epsilon * direction can differ in its
+  last bit from the form before this split (XLA:CPU contracts it into a fused multiply-add in
+  one program and not in the other); with std 1, what ncg_jax's models use, it is exact.
+  The gradient runs through `models.layers.as_ncg_jax_layers(logits_fn)`: a user network's `nn.max_pool(x, (2, 2),
   (2, 2))` differentiates as an elementwise select instead of XLA:CPU's scalar
   `select_and_scatter` (same values; at an exact tie inside a window the gradient is shared
   by the tied elements instead of going to the first, so the direction can differ there and
@@ -72,9 +74,9 @@ def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon=0.0014, input_std
   if eps.ndim > 1:
     raise ValueError(f"epsilon: a scalar or a 1-D sequence, got shape {eps.shape}")
   t = jnp.float32(temperature)
-  x_perturbed = _odin_perturb(logits_fn, jnp.asarray(x, jnp.float32), t, eps.reshape(-1),
-                              jnp.asarray(input_std, jnp.float32))
-  scores = [_tempered_msp(logits_fn, xp, t) for xp in x_perturbed]
+  x = jnp.asarray(x, jnp.float32)
+  direction = _odin_direction(logits_fn, x, t, jnp.asarray(input_std, jnp.float32))
+  scores = [_perturbed_msp(logits_fn, x, direction, t, e) for e in eps.reshape(-1)]
   return scores[0] if eps.ndim == 0 else jnp.stack(scores, axis=1)
 
 

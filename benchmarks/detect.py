@@ -13,17 +13,22 @@ a user gets when JAX ran before ncg_jax was imported).
 ODIN at two epsilons from one gradient (what ODIN's validation search runs per temperature)
 is printed beside it: both scores of each image, as one row.
 
+ODIN's validation search (its 8-point grid on ID and OOD validation images) is timed both
+ways: one point at a time and through `Detector.score_points`.
+
 ODIN is also timed through other ncg_jax architectures at CIFAR's input shape (random
 weights; `--archs`, `--arch_batch`), each against its own forward.
 
 python -m benchmarks.detect [--batch 256] [--loop_images 64] [--no_defaults_run]
                             [--archs wrn_16_4,resnet18,densenet_bc_40_12] [--arch_batch 64]
+                            [--search_images 1000]
 """
 import argparse
 import functools
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +104,34 @@ def print_arch_odin(rows: list[tuple], batch: int):
   print(row("---", "---", "---", "---", "---"))
   for arch, tf, to, ff, fo in rows:
     print(row(arch, f"{batch / tf:,.0f}", f"{batch / to:,.0f}", f"{to / tf:.1f}", f"{fo / ff:.2f}"))
+
+
+def odin_search_times(n: int, rounds: int = 2) -> tuple[float, float, bool]:
+  """ODIN's validation search (its 8-point grid) through CNN002 on n ID and n OOD validation
+  images (random uint8): seconds with the grid scored one point at a time (`Detector.score`,
+  what `aps.search` did before `score_grid`) and through `score_points` (one gradient per
+  temperature), medians of alternating rounds; and whether the scores are bitwise equal."""
+  from ncg_jax.detect import aps, registry
+  model = models.create("cnn002", 9)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, 9))
+  rng = np.random.default_rng(0)
+  images = lambda: rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+  m = registry.Model(Trained(model, params, {}), images()[:100], np.arange(100) % 9, 9)
+  sets = [registry.Inputs(m, images()), registry.Inputs(m, images())]
+  det = registry.DETECTORS.get("odin")
+  points = aps.grid_points(det.grid(m))
+  ways = {"one point at a time": lambda s: [det.score(m, s, hp) for hp in points],
+          "score_points": lambda s: det.score_points(m, s, points)}
+  same = all(np.array_equal(a, b) for a, b in zip(*(f(sets[0]) for f in ways.values())))
+  times = {name: [] for name in ways}
+  for _ in range(rounds):
+    for name, f in ways.items():
+      t0 = time.perf_counter()
+      for s in sets:
+        f(s)
+      times[name].append(time.perf_counter() - t0)
+  return (*(float(np.median(times[name])) for name in ways), same)
 
 
 def jax_rows(batch: int, repeat: int):
@@ -222,6 +255,15 @@ def print_odin(t: dict, flops: dict, batch: int, label: str):
         f"{t['ODIN'] / t['forward, variables compiled in']:.2f}")
 
 
+def print_search(search, n: int):
+  if search is None:
+    return
+  one, grouped, same = search
+  print(f"\nODIN's validation search (8 points, CNN002, {n:,} ID + {n:,} OOD images): "
+        f"{one:.2f} s one point at a time, {grouped:.2f} s with one gradient per temperature "
+        f"({one / grouped:.2f}x); scores {'bitwise equal' if same else 'DIFFER'}")
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--batch", type=int, default=256)
@@ -234,16 +276,20 @@ def main():
   ap.add_argument("--archs", default="wrn_16_4,resnet18,densenet_bc_40_12",
                   help="other architectures to time ODIN through ('' for none)")
   ap.add_argument("--arch_batch", type=int, default=64)
+  ap.add_argument("--search_images", type=int, default=1000,
+                  help="ID and OOD validation images of the ODIN search timing (0: skip it)")
   args = ap.parse_args()
   b = args.batch
   to, odin_flops = odin_rows(b, args.repeat)
   archs = [a for a in args.archs.split(",") if a]
   arch_rows = arch_odin_rows(archs, args.arch_batch, args.repeat) if archs else []
+  search = odin_search_times(args.search_images) if args.search_images else None
   if args.odin_only:
     print(f"{setting()}\n")
     print_odin(to, odin_flops, b, "ncg_jax")
     if arch_rows:
       print_arch_odin(arch_rows, args.arch_batch)
+    print_search(search, args.search_images)
     return
   import torch
   torch.set_num_threads(args.threads)
@@ -255,6 +301,7 @@ def main():
   print_odin(to, odin_flops, b, "ncg_jax")
   if arch_rows:
     print_arch_odin(arch_rows, args.arch_batch)
+  print_search(search, args.search_images)
   print()
   print(row("detector", "images/s", "x ncg_jax forward"))
   print(row("---", "---", "---"))
@@ -269,7 +316,7 @@ def main():
     if xla_cpu.USER_XLA_FLAGS is not None:
       env["XLA_FLAGS"] = xla_cpu.USER_XLA_FLAGS
     subprocess.run([sys.executable, "-m", "benchmarks.detect", "--odin_only", f"--batch={b}",
-                    f"--repeat={args.repeat}", "--archs="], check=True,
+                    f"--repeat={args.repeat}", "--archs=", "--search_images=0"], check=True,
                    env={**env, "NCG_JAX_KEEP_XLA_DEFAULTS": "1"})
 
 

@@ -60,15 +60,15 @@ def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon=0.0014, input_std
   benchmarks.detect`). With a non-unit `input_std`, x - epsilon * direction can differ in its
   last bit from the form before this split (XLA:CPU contracts it into a fused multiply-add in
   one program and not in the other); with std 1, what ncg_jax's models use, it is exact.
-  The gradient runs through `models.layers.as_ncg_jax_layers(logits_fn)`: a user network's `nn.max_pool(x, (2, 2),
-  (2, 2))` differentiates as an elementwise select instead of XLA:CPU's scalar
-  `select_and_scatter` (same values; at an exact tie inside a window the gradient is shared
-  by the tied elements instead of going to the first, so the direction can differ there and
-  only there) and its `nn.Conv`s through ncg_jax's convolution VJP; and on the CPU in chunks
-  of 64 rows, each chunk's forward and VJP together (`functional.rowwise_value_and_grad`,
-  whose docstring has that form's figures; before it, CNN002's perturbation at batch 256
-  took 94 ms in one piece and 64-70 ms with only its forward in four chunks,
-  `benchmarks/RESULTS.md`)."""
+  The gradient runs through `models.layers.as_ncg_jax_layers(logits_fn)`: a user network's
+  `nn.max_pool(x, (2, 2), (2, 2))` differentiates as an elementwise select instead of
+  XLA:CPU's scalar `select_and_scatter` (same values; at an exact tie inside a window the
+  gradient is shared by the tied elements instead of going to the first, so the direction
+  can differ there and only there) and its `nn.Conv`s through ncg_jax's convolution VJP; and
+  on the CPU in chunks of 64 rows, each chunk's forward and VJP together
+  (`functional.rowwise_value_and_grad`, whose docstring has that form's figures; before it,
+  CNN002's perturbation at batch 256 took 94 ms in one piece and 64-70 ms with only its
+  forward in four chunks, `benchmarks/RESULTS.md`)."""
   logits_fn = as_partial(logits_fn)
   eps = np.asarray(epsilon, np.float32)
   if eps.ndim > 1:

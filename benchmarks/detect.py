@@ -46,13 +46,20 @@ from ncg_jax.models import Trained
 _forward = jax.jit(lambda f, xx: f(xx))
 
 
+def cnn002(classes: int):
+  """ncg_jax's CNN002 with seeded random weights and a non-zero head (its initial head is
+  zeros, which would make every logit equal): (model, params)."""
+  model = models.create("cnn002", classes)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, classes))
+  return model, params
+
+
 def odin_rows(batch: int, repeat: int) -> tuple[dict, dict]:
   """Forward and ODIN through ncg_jax's CNN002 and through the plain Flax network: seconds per
   batch, and model FLOPs (`common.model_flops`) per batch."""
   x = jnp.asarray(np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32))
-  model = models.create("cnn002", 9)
-  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, 9))
+  model, params = cnn002(9)
   plain = PlainCNN002()
   pvars = plain.init(jax.random.key(0), x[:1])
   own_fn = Trained(model, params, {}).logits_fn()
@@ -112,9 +119,7 @@ def odin_search_times(n: int, rounds: int = 2) -> tuple[float, float, bool]:
   what `aps.search` did before `score_grid`) and through `score_points` (one gradient per
   temperature), medians of alternating rounds; and whether the scores are bitwise equal."""
   from ncg_jax.detect import aps, registry
-  model = models.create("cnn002", 9)
-  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, 9))
+  model, params = cnn002(9)
   rng = np.random.default_rng(0)
   images = lambda: rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
   m = registry.Model(Trained(model, params, {}), images()[:100], np.arange(100) % 9, 9)
@@ -136,9 +141,7 @@ def odin_search_times(n: int, rounds: int = 2) -> tuple[float, float, bool]:
 
 def jax_rows(batch: int, repeat: int):
   k = 9
-  model = models.create("cnn002", k)
-  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, k))
+  model, params = cnn002(k)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((batch, 28, 28, 1), dtype=np.float32))
   train_x = jnp.asarray(rng.random((1000, 28, 28, 1), dtype=np.float32))

@@ -316,16 +316,23 @@ def test_nac_pooled_gradients_at_the_penultimate_layer_match_the_closed_form():
   assert pooled["block1"][0].shape == (6, 32) and pooled["block1"][1].shape == (6, 32)
 
 
+def _digits_cnn002(digits9, n: int, **kw):
+  """A detection `Model` of a CNN002 with seeded random weights (a non-zero head) over the
+  first n digits training images."""
+  from ncg_jax.detect.registry import Model
+  model = models.create("cnn002", 9)
+  params, _ = models.init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params["head"]["kernel"] = 0.1 * normal(1, (200, 9))
+  return Model(Trained(model, params, {}), digits9.train.x[:n], digits9.train.y[:n], 9, **kw)
+
+
 def test_odin_search_takes_one_gradient_per_temperature_with_the_scores_of_one_by_one(
     digits9, monkeypatch):
   """The registry scores ODIN's grid (4 temperatures x 2 epsilons) with one gradient per
   temperature and batch, and gives each point the bits of scoring it alone."""
   from ncg_jax.detect import aps
-  from ncg_jax.detect.registry import Inputs, Model
-  model_ = models.create("cnn002", 9)
-  params, _ = models.init(model_, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  params["head"]["kernel"] = 0.1 * normal(1, (200, 9))
-  m = Model(Trained(model_, params, {}), digits9.train.x[:100], digits9.train.y[:100], 9)
+  from ncg_jax.detect.registry import Inputs
+  m = _digits_cnn002(digits9, 100)
   s = Inputs(m, digits9.ood.x[:50])
   det = detect.DETECTORS.get("odin")
   points = aps.grid_points(det.grid(m))
@@ -344,13 +351,9 @@ def test_odin_search_takes_one_gradient_per_temperature_with_the_scores_of_one_b
 
 def test_search_reads_only_validation_inputs_and_picks_the_best_auroc(digits9):
   from ncg_jax.detect.aps import search
-  from ncg_jax.detect.registry import Inputs, Model, score
+  from ncg_jax.detect.registry import Inputs, score
   rng = np.random.default_rng(0)
-  model_ = models.create("cnn002", 9)
-  params, _ = models.init(model_, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  params["head"]["kernel"] = 0.1 * normal(1, (200, 9))
-  m = Model(Trained(model_, params, {}), digits9.train.x[:300], digits9.train.y[:300], 9,
-            nac_subset=90)
+  m = _digits_cnn002(digits9, 300, nac_subset=90)
   v_id, v_ood = Inputs(m, digits9.test.x[:40]), Inputs(m, digits9.ood.x[:30])
   t_id = Inputs(m, digits9.test.x[40:80])
   t_ood = Inputs(m, rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8))

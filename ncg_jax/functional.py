@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _INPUT_GRADIENT = contextvars.ContextVar("ncg_jax_input_gradient", default=False)
+_SIGN_ONLY = contextvars.ContextVar("ncg_jax_sign_only", default=False)
 
 
 def traces_input_gradient() -> bool:
@@ -21,6 +22,14 @@ def traces_input_gradient() -> bool:
   so a jitted function traced outside this context and called inside it (or the reverse)
   keeps its first trace and stays correct."""
   return _INPUT_GRADIENT.get()
+
+
+def traces_sign_only_gradient() -> bool:
+  """True while `rowwise_value_and_grad(..., sign_only=True)` traces its function: the caller
+  reads only the sign of each gradient element, once (ODIN, Mahalanobis preprocessing), so
+  layers may sum the gradient in another order (`models.layers.conv2d_for_backend`). Never
+  set for the attacks, whose steps feed back into the next gradient and into training."""
+  return _SIGN_ONLY.get()
 
 
 def as_partial(fn) -> jax.tree_util.Partial:
@@ -145,11 +154,13 @@ def in_row_chunks(fn, rows: int = 64):
   return chunked
 
 
-def rowwise_value_and_grad(fn, rows: int = 64):
+def rowwise_value_and_grad(fn, rows: int = 64, sign_only: bool = False):
   """For `fn(x, *row_args) -> (values [B], aux)` whose rows are independent (an eval-mode
   network; `row_args` and `aux`: one row per example), a function of the same arguments
   returning ((values, aux), d sum(values) / dx), on the CPU in chunks of `rows` rows
-  (`in_row_chunks`), each chunk's forward and VJP together.
+  (`in_row_chunks`), each chunk's forward and VJP together. `sign_only`: the caller uses
+  only the sign of each gradient element, once, and lets layers round the gradient
+  differently (`traces_sign_only_gradient`).
 
   Chunking the gradient rather than the forward matters: differentiating `in_row_chunks(f)`
   runs every chunk's forward first and stacks their activations for a second, backward loop
@@ -160,10 +171,11 @@ def rowwise_value_and_grad(fn, rows: int = 64):
     def total(xx):
       values, aux = fn(xx, *args)
       return jnp.sum(values), (values, aux)
-    token = _INPUT_GRADIENT.set(True)
+    token, sign_token = _INPUT_GRADIENT.set(True), _SIGN_ONLY.set(sign_only)
     try:
       (_, out), g = jax.value_and_grad(total, has_aux=True)(x)
     finally:
+      _SIGN_ONLY.reset(sign_token)
       _INPUT_GRADIENT.reset(token)
     return out, g
   return in_row_chunks(one, rows)

@@ -1,3 +1,5 @@
+import importlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -139,6 +141,67 @@ def test_conv2d_matches_lax_values_and_both_gradients(padding, in_channels, kern
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
   jax.config.update("jax_default_matmul_precision", None)
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+@pytest.mark.parametrize("in_channels,kernel", [(1, 3), (3, 5), (3, 7)])
+def test_sign_only_input_gradient_of_a_few_channel_convolution_is_the_transposed_convolution(
+    padding, in_channels, kernel):
+  """Traced for a sign-only input gradient (`rowwise_value_and_grad(..., sign_only=True)`:
+  ODIN, Mahalanobis preprocessing), a convolution with at most three input channels takes
+  its input gradient as one matrix product and shifted adds: the value of lax's own VJP (a
+  float64 numpy oracle below), and no transposed convolution in the program. Without
+  `sign_only` (the attacks) the layer keeps `conv2d`'s convolution."""
+  from ncg_jax import functional
+  from ncg_jax.models import layers
+  w = normal(1, (kernel, kernel, in_channels, 6))
+  x = normal(0, (3, 11, 9, in_channels))
+  dy_of = lambda out: normal(2, out.shape)
+  value = lambda xx: layers.conv2d_for_backend(xx, w, padding)
+  dy = dy_of(value(x))
+
+  def grad(sign_only):
+    fn = lambda xx: (jnp.sum(value(xx) * dy, axis=(1, 2, 3)), ())
+    return jax.jit(functional.rowwise_value_and_grad(fn, sign_only=sign_only))(x)[1]
+  # numpy oracle: dx[b, y + u, x + v, i] += dy[b, y, x, o] w[u, v, i, o] on the padded input
+  kh, kw = w.shape[:2]
+  ph, pw = (kh // 2, kw // 2) if padding == "SAME" else (0, 0)
+  d64, w64 = np.asarray(dy, np.float64), np.asarray(w, np.float64)
+  full = np.zeros((3, 11 + 2 * ph, 9 + 2 * pw, in_channels))
+  for u in range(kh):
+    for v in range(kw):
+      full[:, u:u + d64.shape[1], v:v + d64.shape[2]] += d64 @ w64[u, v].T
+  oracle = full[:, ph:ph + 11, pw:pw + 9]
+  for sign_only in (True, False):
+    np.testing.assert_allclose(grad(sign_only), oracle, rtol=1e-5, atol=1e-5)
+  convolutions = lambda s: jax.jit(functional.rowwise_value_and_grad(
+      lambda xx: (jnp.sum(value(xx) * dy, axis=(1, 2, 3)), ()), sign_only=s)).lower(
+          x).as_text().count("stablehlo.convolution")
+  assert convolutions(True) == 1  # the forward only
+  assert convolutions(False) == 2  # and the transposed convolution
+
+
+def test_attacks_keep_the_exact_input_gradient_and_odin_takes_the_sign_only_one(monkeypatch):
+  """The sign-only form is chosen by ODIN and Mahalanobis preprocessing alone: PGD's ascent
+  (and so TRADES and the robust accuracy) traces its gradient with `sign_only` off."""
+  from ncg_jax import detect, functional
+  pgd_module = importlib.import_module("ncg_jax.attacks.pgd")  # the package exports pgd()
+  seen = []
+  real = functional.rowwise_value_and_grad
+
+  def watched(fn, rows=64, sign_only=False):
+    seen.append(sign_only)
+    return real(fn, rows, sign_only)
+  for module in (pgd_module, detect.gradients, detect.distances):
+    monkeypatch.setattr(module, "rowwise_value_and_grad", watched)
+  f = lambda xx: xx.reshape(xx.shape[0], -1)[:, :3]
+  x = uniform(0, (4, 2, 2, 1))
+  detect.odin(f, x)
+  stats = detect.fit_mahalanobis(np.asarray(f(x)), np.arange(4) % 3, 3)
+  detect.mahalanobis_preprocessed(f, stats, x)
+  assert seen == [True, True]
+  pgd_module.pgd(f, x, jnp.arange(4) % 3, eps=0.1, norm="linf", steps=2, step_size=0.05)
+  assert seen == [True, True, False]
 
 
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])

@@ -80,7 +80,7 @@ def _mahalanobis_preprocessed(features_fn, stats, x, epsilon):
 
   def closest(xx):  # per example: the distance to its closest class Gaussian
     return jnp.min(mahalanobis_distances(stats, features_fn(xx)), axis=-1), ()
-  _, g = rowwise_value_and_grad(closest)(x)
+  _, g = rowwise_value_and_grad(closest, sign_only=True)(x)
   return mahalanobis(stats, features_fn(x - epsilon * jnp.where(g >= 0, 1.0, -1.0)))
 
 
@@ -89,7 +89,8 @@ def mahalanobis_preprocessed(features_fn, stats, x, *, epsilon: float = 0.0014):
   distance to the closest class Gaussian, then score the perturbed input's features.
   `features_fn` is differentiated through `models.layers.as_ncg_jax_layers`, as ODIN's
   `logits_fn` (fast gradients of a plain Flax network's pools and convolutions on the CPU),
-  and on the CPU in chunks of 64 rows (`functional.rowwise_value_and_grad`)."""
+  and on the CPU in chunks of 64 rows (`functional.rowwise_value_and_grad`), sign-only as
+  ODIN's (`functional.traces_sign_only_gradient`)."""
   return _mahalanobis_preprocessed(as_partial(features_fn), stats, jnp.asarray(x, jnp.float32),
                                    jnp.float32(epsilon))
 

@@ -34,7 +34,7 @@ def _odin_direction(logits_fn, x, temperature, input_std):
     label = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
     return -jnp.take_along_axis(jax.nn.log_softmax(logits / temperature), label[:, None],
                                 axis=-1)[:, 0], ()
-  _, g = rowwise_value_and_grad(loss)(x)
+  _, g = rowwise_value_and_grad(loss, sign_only=True)(x)
   std = input_std.reshape((1,) * (g.ndim - input_std.ndim) + input_std.shape)  # per channel
   return jnp.where(g >= 0, 1.0, -1.0) / std
 
@@ -68,7 +68,13 @@ def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon=0.0014, input_std
   on the CPU in chunks of 64 rows, each chunk's forward and VJP together
   (`functional.rowwise_value_and_grad`, whose docstring has that form's figures; before it,
   CNN002's perturbation at batch 256 took 94 ms in one piece and 64-70 ms with only its
-  forward in four chunks, `benchmarks/RESULTS.md`)."""
+  forward in four chunks, `benchmarks/RESULTS.md`). Only the gradient's signs are read, so
+  it is traced sign-only (`functional.traces_sign_only_gradient`): a first convolution with
+  at most three input channels takes its input gradient as a matrix product and shifted adds,
+  summed in another order than XLA:CPU's transposed convolution (the gradient within 2.3e-7
+  of its largest element, CNN002 at batch 256), so a direction can flip only where the
+  gradient is within rounding of zero (CNN002, WRN-16-4, ResNet-18 at the benchmark's
+  batches: no flip, scores bitwise equal; ODIN 0.95-0.97x the time through CNN002)."""
   logits_fn = as_partial(logits_fn)
   eps = np.asarray(epsilon, np.float32)
   if eps.ndim > 1:

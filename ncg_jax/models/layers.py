@@ -182,21 +182,64 @@ def _conv2d_fwd(x, w, padding):
   return _conv(x, w, padding), (x, w)
 
 
-def _conv2d_bwd(padding, res, dy):
-  x, w = res
+def _input_gradient(dy, w, padding):
+  """The full correlation of dy with the spatially flipped, I/O-swapped kernel."""
   kh, kw = w.shape[:2]
-  # input gradient: full correlation of dy with the spatially flipped, I/O-swapped kernel
   w_t = lax.optimization_barrier(jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
   if padding == "VALID":
     pads = ((kh - 1, kh - 1), (kw - 1, kw - 1))
   else:  # SAME, odd kernels
     pads = ((kh // 2, kh // 2), (kw // 2, kw // 2))
-  dx = lax.conv_general_dilated(dy, w_t, (1, 1), pads, dimension_numbers=_DN)
-  dw = jax.vjp(lambda w_: _conv(x, w_, padding), w)[1](dy)[0]
-  return dx, dw
+  return lax.conv_general_dilated(dy, w_t, (1, 1), pads, dimension_numbers=_DN)
+
+
+def _input_gradient_by_matmul(dy, w, padding):
+  """`_input_gradient` for a few-input-channel kernel as one matrix product and shifted adds:
+  p[b, y, x, t, i] = sum_o dy[b, y, x, o] w[t, i, o] for each tap t = (u, v), then dx[b, y,
+  x, i] = sum_t p[b, y - u, x - v, t, i] (Dumoulin and Visin, "A guide to convolution
+  arithmetic", 2016: the transposed convolution as the scatter of each output's kernel-sized
+  contribution). Same value, summed in another order than XLA:CPU's convolution (CNN002's
+  input gradient at batch 256 within 2.3e-7 of its largest element); XLA:CPU runs its
+  one-channel transposed convolution as matrix-vector products, 4.7 against 1.2 ms at batch
+  128 (`benchmarks/RESULTS.md`)."""
+  kh, kw, ci, co = w.shape
+  b, h, ww, _ = dy.shape
+  p = jnp.einsum("byxo,tio->byxti", dy, w.reshape(kh * kw, ci, co))
+  dx = None
+  for u in range(kh):
+    for v in range(kw):
+      shifted = jnp.pad(p[:, :, :, u * kw + v], ((0, 0), (u, kh - 1 - u), (v, kw - 1 - v), (0, 0)))
+      dx = shifted if dx is None else dx + shifted
+  if padding == "SAME":  # odd kernels: the input is the middle of the full correlation
+    dx = dx[:, kh // 2:kh // 2 + h, kw // 2:kw // 2 + ww]
+  return dx
+
+
+def _weight_gradient(x, dy, w, padding):
+  return jax.vjp(lambda w_: _conv(x, w_, padding), w)[1](dy)[0]
+
+
+def _conv2d_bwd(padding, res, dy):
+  x, w = res
+  return _input_gradient(dy, w, padding), _weight_gradient(x, dy, w, padding)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d_sign_only(x_BxHxWxI, w_HxWxIxO, padding="VALID"):
+  """`conv2d` for a few-input-channel kernel whose input gradient is read only for its signs
+  (`functional.traces_sign_only_gradient`): its input gradient by `_input_gradient_by_matmul`."""
+  return _conv(x_BxHxWxI, w_HxWxIxO, padding)
+
+
+def _conv2d_sign_only_bwd(padding, res, dy):
+  x, w = res
+  return _input_gradient_by_matmul(dy, w, padding), _weight_gradient(x, dy, w, padding)
+
+
+_conv2d_sign_only.defvjp(_conv2d_fwd, _conv2d_sign_only_bwd)
 
 
 def conv2d_for_backend(x_BxHxWxI: jnp.ndarray, w_HxWxIxO: jnp.ndarray,
@@ -207,8 +250,17 @@ def conv2d_for_backend(x_BxHxWxI: jnp.ndarray, w_HxWxIxO: jnp.ndarray,
   `dgrad` kernels, the custom one as forward kernels on the flipped kernel, in about the same
   time): WRN-40-10 bf16 batch 128, CE step 6,057 img/s with it and 6,145 without, TRADES 821
   and 840, compile 20 s and 6 s (`benchmarks/RESULTS.md`). The choice is made when the model
-  is traced."""
+  is traced.
+
+  Traced for an input gradient that is read only for its signs (ODIN, Mahalanobis
+  preprocessing: `functional.traces_sign_only_gradient`), a convolution with at most three
+  input channels (the network's first) takes its input gradient as a matrix product and
+  shifted adds (`_input_gradient_by_matmul`): a gradient element can then change its sign
+  only where it is within float rounding of zero, where its step moves the score by about
+  as little. The attacks and training keep `conv2d`'s bits."""
   if jax.default_backend() == "cpu":
+    if functional.traces_sign_only_gradient() and w_HxWxIxO.shape[2] <= _TAPS_MAX_IN:
+      return _conv2d_sign_only(x_BxHxWxI, w_HxWxIxO, padding)
     return conv2d(x_BxHxWxI, w_HxWxIxO, padding)
   return _conv(x_BxHxWxI, w_HxWxIxO, padding)
 

@@ -182,9 +182,11 @@ def test_sign_only_input_gradient_of_a_few_channel_convolution_is_the_transposed
 
 
 def test_attacks_keep_the_exact_input_gradient_and_odin_takes_the_sign_only_one(monkeypatch):
-  """The sign-only form is chosen by ODIN and Mahalanobis preprocessing alone: PGD's ascent
+  """The sign-only form is chosen by ODIN and Mahalanobis preprocessing (single and layer
+  ensemble) alone: PGD's ascent
   (and so TRADES and the robust accuracy) traces its gradient with `sign_only` off."""
   from ncg_jax import detect, functional
+  from ncg_jax.detect import distances
   pgd_module = importlib.import_module("ncg_jax.attacks.pgd")  # the package exports pgd()
   seen = []
   real = functional.rowwise_value_and_grad
@@ -192,16 +194,18 @@ def test_attacks_keep_the_exact_input_gradient_and_odin_takes_the_sign_only_one(
   def watched(fn, rows=64, sign_only=False):
     seen.append(sign_only)
     return real(fn, rows, sign_only)
-  for module in (pgd_module, detect.gradients, detect.distances):
+  for module in (pgd_module, detect.gradients, distances):
     monkeypatch.setattr(module, "rowwise_value_and_grad", watched)
   f = lambda xx: xx.reshape(xx.shape[0], -1)[:, :3]
   x = uniform(0, (4, 2, 2, 1))
   detect.odin(f, x)
   stats = detect.fit_mahalanobis(np.asarray(f(x)), np.arange(4) % 3, 3)
   detect.mahalanobis_preprocessed(f, stats, x)
-  assert seen == [True, True]
+  distances.ensemble_layer_scores(lambda xx: {"layer": f(xx)}, {"layer": stats}, x,
+                                  epsilon=0.01)
+  assert seen == [True, True, True]
   pgd_module.pgd(f, x, jnp.arange(4) % 3, eps=0.1, norm="linf", steps=2, step_size=0.05)
-  assert seen == [True, True, False]
+  assert seen == [True, True, True, False]
 
 
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])

@@ -197,13 +197,15 @@ def _ensemble_layer_scores(features_fn, stats, x, epsilons):
   """[B, E, L]: per layer, the input gradient's sign against that layer's closest class,
   then for each magnitude in `epsilons` [E] the Mahalanobis score of the preprocessed input
   (Lee et al.: one VJP per layer, one forward per layer and magnitude; the sign does not
-  depend on the magnitude, so a grid of magnitudes shares it)."""
+  depend on the magnitude, so a grid of magnitudes shares it). The VJPs are sign-only and in
+  row chunks on the CPU, as `mahalanobis_preprocessed`'s."""
   features_fn = as_ncg_jax_layers(features_fn)
   cols = []
   for name in sorted(stats):
     def closest(xx, name=name):
-      return jnp.sum(jnp.min(mahalanobis_distances(stats[name], features_fn(xx)[name]), axis=-1))
-    sign = jnp.where(jax.grad(closest)(x) >= 0, 1.0, -1.0)
+      return jnp.min(mahalanobis_distances(stats[name], features_fn(xx)[name]), axis=-1), ()
+    _, g = rowwise_value_and_grad(closest, sign_only=True)(x)
+    sign = jnp.where(g >= 0, 1.0, -1.0)
     score = lambda e, name=name, sign=sign: mahalanobis(stats[name], features_fn(x - e * sign)[name])
     cols.append(jax.lax.map(score, epsilons).T)  # [B, E]
   return jnp.stack(cols, axis=2)

@@ -204,7 +204,9 @@ def _input_gradient_by_matmul(dy, w, padding):
   128 (`benchmarks/RESULTS.md`)."""
   kh, kw, ci, co = w.shape
   b, h, ww, _ = dy.shape
-  p = jnp.einsum("byxo,tio->byxti", dy, w.reshape(kh * kw, ci, co))
+  # summed in float32 for lower-precision models too (as XLA's convolutions accumulate)
+  p = jnp.einsum("byxo,tio->byxti", dy, w.reshape(kh * kw, ci, co),
+                 preferred_element_type=jnp.float32)
   dx = None
   for u in range(kh):
     for v in range(kw):
@@ -212,7 +214,7 @@ def _input_gradient_by_matmul(dy, w, padding):
       dx = shifted if dx is None else dx + shifted
   if padding == "SAME":  # odd kernels: the input is the middle of the full correlation
     dx = dx[:, kh // 2:kh // 2 + h, kw // 2:kw // 2 + ww]
-  return dx
+  return dx.astype(dy.dtype)
 
 
 def _weight_gradient(x, dy, w, padding):

@@ -28,7 +28,13 @@ def traces_sign_only_gradient() -> bool:
   """True while `rowwise_value_and_grad(..., sign_only=True)` traces its function: the caller
   reads only the sign of each gradient element, once (ODIN, Mahalanobis preprocessing), so
   layers may sum the gradient in another order (`models.layers.conv2d_for_backend`). Never
-  set for the attacks, whose steps feed back into the next gradient and into training."""
+  set for the attacks, whose steps feed back into the next gradient and into training. As
+  with `traces_input_gradient`, an ncg_jax model's apply that the user wrapped in `jax.jit`
+  keeps the form of its first trace (checked with `make_jaxpr`): traced first by ODIN and
+  then attacked, its attack gradient is the sign-only form's (equal up to float rounding).
+  `Trained.logits_fn()` and plain Flax or `lax` networks, jitted or not
+  (`as_ncg_jax_layers` rewrites their convolutions at each trace), are traced afresh in each
+  mode."""
   return _SIGN_ONLY.get()
 
 

@@ -156,13 +156,10 @@ def test_sign_only_input_gradient_of_a_few_channel_convolution_is_the_transposed
   from ncg_jax.models import layers
   w = normal(1, (kernel, kernel, in_channels, 6))
   x = normal(0, (3, 11, 9, in_channels))
-  dy_of = lambda out: normal(2, out.shape)
   value = lambda xx: layers.conv2d_for_backend(xx, w, padding)
-  dy = dy_of(value(x))
-
-  def grad(sign_only):
-    fn = lambda xx: (jnp.sum(value(xx) * dy, axis=(1, 2, 3)), ())
-    return jax.jit(functional.rowwise_value_and_grad(fn, sign_only=sign_only))(x)[1]
+  dy = normal(2, value(x).shape)
+  rows = lambda sign_only: jax.jit(functional.rowwise_value_and_grad(
+      lambda xx: (jnp.sum(value(xx) * dy, axis=(1, 2, 3)), ()), sign_only=sign_only))
   # numpy oracle: dx[b, y + u, x + v, i] += dy[b, y, x, o] w[u, v, i, o] on the padded input
   kh, kw = w.shape[:2]
   ph, pw = (kh // 2, kw // 2) if padding == "SAME" else (0, 0)
@@ -173,18 +170,16 @@ def test_sign_only_input_gradient_of_a_few_channel_convolution_is_the_transposed
       full[:, u:u + d64.shape[1], v:v + d64.shape[2]] += d64 @ w64[u, v].T
   oracle = full[:, ph:ph + 11, pw:pw + 9]
   for sign_only in (True, False):
-    np.testing.assert_allclose(grad(sign_only), oracle, rtol=1e-5, atol=1e-5)
-  convolutions = lambda s: jax.jit(functional.rowwise_value_and_grad(
-      lambda xx: (jnp.sum(value(xx) * dy, axis=(1, 2, 3)), ()), sign_only=s)).lower(
-          x).as_text().count("stablehlo.convolution")
+    np.testing.assert_allclose(rows(sign_only)(x)[1], oracle, rtol=1e-5, atol=1e-5)
+  convolutions = lambda s: rows(s).lower(x).as_text().count("stablehlo.convolution")
   assert convolutions(True) == 1  # the forward only
   assert convolutions(False) == 2  # and the transposed convolution
 
 
 def test_attacks_keep_the_exact_input_gradient_and_odin_takes_the_sign_only_one(monkeypatch):
   """The sign-only form is chosen by ODIN and Mahalanobis preprocessing (single and layer
-  ensemble) alone: PGD's ascent
-  (and so TRADES and the robust accuracy) traces its gradient with `sign_only` off."""
+  ensemble) alone: PGD's ascent (and so TRADES and the robust accuracy) traces its gradient
+  with `sign_only` off."""
   from ncg_jax import detect, functional
   from ncg_jax.detect import distances
   pgd_module = importlib.import_module("ncg_jax.attacks.pgd")  # the package exports pgd()

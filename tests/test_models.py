@@ -154,6 +154,7 @@ def test_sign_only_input_gradient_of_a_few_channel_convolution_is_the_transposed
   `sign_only` (the attacks) the layer keeps `conv2d`'s convolution."""
   from ncg_jax import functional
   from ncg_jax.models import layers
+  assert in_channels <= layers._MATMUL_GRADIENT_MAX_IN
   w = normal(1, (kernel, kernel, in_channels, 6))
   x = normal(0, (3, 11, 9, in_channels))
   value = lambda xx: layers.conv2d_for_backend(xx, w, padding)

@@ -193,6 +193,12 @@ def _input_gradient(dy, w, padding):
   return lax.conv_general_dilated(dy, w_t, (1, 1), pads, dimension_numbers=_DN)
 
 
+# traced for a sign-only input gradient, convolutions with at most this many input channels
+# take `_input_gradient_by_matmul` (XLA:CPU's transposed convolution with so few outputs runs
+# as matrix-vector products); its own bound, though equal to the forward taps' `_TAPS_MAX_IN`
+_MATMUL_GRADIENT_MAX_IN = 3
+
+
 def _input_gradient_by_matmul(dy, w, padding):
   """`_input_gradient` for a few-input-channel kernel as one matrix product and shifted adds:
   p[b, y, x, t, i] = sum_o dy[b, y, x, o] w[t, i, o] for each tap t = (u, v), then dx[b, y,
@@ -203,7 +209,7 @@ def _input_gradient_by_matmul(dy, w, padding):
   one-channel transposed convolution as matrix-vector products, 4.7 against 1.2 ms at batch
   128 (`benchmarks/RESULTS.md`)."""
   kh, kw, ci, co = w.shape
-  b, h, ww, _ = dy.shape
+  _, h, ww, _ = dy.shape
   # summed in float32 for lower-precision models too (as XLA's convolutions accumulate)
   p = jnp.einsum("byxo,tio->byxti", dy, w.reshape(kh * kw, ci, co),
                  preferred_element_type=jnp.float32)
@@ -261,7 +267,7 @@ def conv2d_for_backend(x_BxHxWxI: jnp.ndarray, w_HxWxIxO: jnp.ndarray,
   only where it is within float rounding of zero, where its step moves the score by about
   as little. The attacks and training keep `conv2d`'s bits."""
   if jax.default_backend() == "cpu":
-    if functional.traces_sign_only_gradient() and w_HxWxIxO.shape[2] <= _TAPS_MAX_IN:
+    if functional.traces_sign_only_gradient() and w_HxWxIxO.shape[2] <= _MATMUL_GRADIENT_MAX_IN:
       return _conv2d_sign_only(x_BxHxWxI, w_HxWxIxO, padding)
     return conv2d(x_BxHxWxI, w_HxWxIxO, padding)
   return _conv(x_BxHxWxI, w_HxWxIxO, padding)

@@ -189,15 +189,22 @@ def own_flags() -> dict:
 
 
 def versions() -> dict:
+  """Software and machine of a result: float sums' order, and so the robust trainings'
+  figures, depend on the jaxlib, the device, the host CPU (`xla_cpu.host_cpu`) and the XLA
+  settings in effect."""
   import flax
   import jax
+  import jaxlib
   import numpy
   import optax
   import ncg_jax
-  return {"ncg_jax": ncg_jax.__version__, "jax": jax.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "numpy": numpy.__version__,
+  from ncg_jax import xla_cpu
+  return {"ncg_jax": ncg_jax.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "flax": flax.__version__, "optax": optax.__version__, "numpy": numpy.__version__,
           "python": platform.python_version(), "backend": jax.default_backend(),
-          "devices": [str(d) for d in jax.devices()]}
+          "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
+          "host_cpu": xla_cpu.host_cpu(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "ncg_jax_cpu_settings": xla_cpu.configure()}
 
 
 def robust_on_test(trained, x: np.ndarray, y: np.ndarray, attack: AttackConfig, robust_n: int,

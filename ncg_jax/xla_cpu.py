@@ -107,3 +107,39 @@ def configure(notice: bool = False) -> dict[str, bool]:
             "convolution gradients; import ncg_jax first or set XLA_FLAGS=" + FLAG,
             file=sys.stderr)
   return dict(_STATE)
+
+
+# the widest vector extension named in /proc/cpuinfo's flags, widest first: XLA:CPU's, Eigen's
+# and oneDNN's kernels (and so float sums' order) differ between them
+_VECTOR_FLAGS = ("avx512f", "avx2", "avx", "sse4_2", "sve", "asimd")
+
+
+def host_cpu(cpuinfo: str | None = None) -> dict:
+  """The host CPU as Linux's /proc/cpuinfo describes it (`cpuinfo`: its text, read when None):
+  vendor, model name, family and model numbers, the widest vector extension, and the
+  logical CPUs this process may use; {"model": platform.processor()} elsewhere.
+
+  Results record it (`experiments.common.versions`) because the robust trainings' figures
+  depend on the CPU: the same code and seed gave `make demo`'s TRADES pixel NCG 0.633 on an
+  AMD EPYC (AVX2) and 0.622 on an Intel Xeon with AVX-512 (README, "Measured")."""
+  import platform
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      return {"model": platform.processor() or platform.machine()}
+  fields: dict[str, str] = {}
+  for line in cpuinfo.splitlines():
+    key, sep, value = line.partition(":")
+    if not sep:
+      if fields:  # the first processor's block is enough
+        break
+      continue
+    fields.setdefault(key.strip(), value.strip())
+  flags = set((fields.get("flags") or fields.get("Features") or "").split())
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {"vendor": fields.get("vendor_id", fields.get("CPU implementer", "")),
+          "model": fields.get("model name", platform.processor() or platform.machine()),
+          "family": fields.get("cpu family", ""), "model_number": fields.get("model", ""),
+          "vector": next((v for v in _VECTOR_FLAGS if v in flags), ""), "cpus": cores}

@@ -58,3 +58,29 @@ def test_notice_when_jax_started_before_ncg_jax():
   lines = [l for l in _python(code).stderr.splitlines() if l.startswith("ncg_jax:")]
   assert len(lines) == 1 and "import ncg_jax first" in lines[0]
   assert "ncg_jax:" not in _python("import ncg_jax; import jax.numpy as jnp; jnp.ones(1)").stderr
+
+
+AMD = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC 9B14
+flags\t\t: fpu sse4_2 avx fma avx2 bmi2
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+model name\t: another
+flags\t\t: avx512f
+"""
+
+
+def test_host_cpu_describes_the_first_processor_and_its_widest_vector_extension():
+  from ncg_jax.xla_cpu import host_cpu
+  amd = host_cpu(AMD)
+  assert (amd["vendor"], amd["model"], amd["family"], amd["model_number"], amd["vector"]) == (
+      "AuthenticAMD", "AMD EPYC 9B14", "25", "17", "avx2")
+  intel = host_cpu(AMD.replace("avx2 bmi2", "avx2 avx512f avx512bw"))
+  assert intel["vector"] == "avx512f"
+  arm = host_cpu("processor\t: 0\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\n")
+  assert arm["vendor"] == "0x41" and arm["vector"] == "sve"
+  assert host_cpu()["cpus"] >= 1  # this machine's

@@ -224,6 +224,9 @@ def test_mahalanobis_against_sklearn_and_explicit_distances():
   q = rng.normal(size=(20, 6))
   ref = np.array([max(-(qi - m) @ cov.precision_ @ (qi - m) for m in means) for qi in q])
   np.testing.assert_allclose(detect.mahalanobis(stats, q), ref, rtol=1e-4, atol=1e-4)
+  # a class without training features would give NaN means and NaN scores for every input
+  with pytest.raises(ValueError, match=r"class\(es\) \[1\]"):
+    detect.fit_mahalanobis(h[y != 1], y[y != 1], 3)
 
 
 def test_react_and_ash_against_numpy():

@@ -32,8 +32,15 @@ def _apply(fn, x):
 
 
 def fit_mahalanobis(features, labels, num_classes: int) -> dict:
+  """Class means and the shared (maximum-likelihood) covariance's pseudo-inverse of training
+  features `features` [N, D] with integer `labels` in [0, num_classes); every class needs at
+  least one example."""
   h = np.asarray(features, np.float64)
   y = np.asarray(labels)
+  empty = np.setdiff1d(np.arange(num_classes), y)
+  if empty.size:
+    raise ValueError(f"fit_mahalanobis: no training features of class(es) {empty.tolist()} "
+                     f"(labels must cover all {num_classes} classes)")
   means = np.stack([h[y == c].mean(axis=0) for c in range(num_classes)])
   centred = h - means[y]
   cov = centred.T @ centred / len(h)

@@ -27,6 +27,30 @@ class PlainCNN002(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+def plain_lax_cnn002(params):
+  """CNN002 with ncg_jax's `params` as a user porting PyTorch code writes it in plain `lax`:
+  NCHW activations and OIHW kernels (`lax.conv`'s defaults), `reduce_window` pooling; a
+  function of NCHW images. Its logits equal ncg_jax's CNN002's (flattened as Flax does)."""
+  import jax.numpy as jnp
+  from jax import lax
+  convs = [(jnp.asarray(np.asarray(params[n]["kernel"]).transpose(3, 2, 0, 1)),
+            jnp.asarray(params[n]["bias"])) for n in ("conv1", "conv2", "conv3", "conv4")]
+  dense = [(params[n]["kernel"], params[n]["bias"]) for n in ("fc1", "fc2", "head")]
+
+  def net(x_nchw):
+    h = x_nchw
+    for i, (w, b) in enumerate(convs):
+      h = jax.nn.relu(lax.conv(h, w, (1, 1), "VALID") + b[None, :, None, None])
+      if i % 2:
+        h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+    h = h.transpose(0, 2, 3, 1).reshape(h.shape[0], -1)
+    for i, (w, b) in enumerate(dense):
+      h = h @ w + b
+      h = jax.nn.relu(h) if i < 2 else h
+    return h
+  return net
+
+
 def setting() -> str:
   state = xla_cpu.configure()
   cpu = xla_cpu.host_cpu()

@@ -7,7 +7,8 @@ ODIN also channels-last, PyTorch's faster CPU layout for convolutions.
 ODIN is measured through ncg_jax's CNN002 against ncg_jax's forward as ncg_jax runs it (the
 variables as a `Partial`'s arguments, the way ODIN's own programs get them; a forward with the
 variables compiled in is printed beside it), and through the same network written as plain
-Flax (`nn.Conv`, `nn.max_pool`) and passed as a function, as a notebook user would; and,
+Flax (`nn.Conv`, `nn.max_pool`) and as plain `lax` in PyTorch's NCHW/OIHW layout
+(`common.plain_lax_cnn002`), each passed as a function, as a notebook user would; and,
 in a second process started with NCG_JAX_KEEP_XLA_DEFAULTS=1, with XLA's CPU defaults (what
 a user gets when JAX ran before ncg_jax was imported).
 
@@ -35,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import PlainCNN002, model_flops, row, setting, timeit, timeit_interleaved
+from benchmarks.common import (PlainCNN002, model_flops, plain_lax_cnn002, row, setting, timeit,
+                               timeit_interleaved)
 from benchmarks.cnn002 import torch_cnn002
 from ncg_jax import detect, models, xla_cpu
 from ncg_jax.detect import nac
@@ -57,7 +59,7 @@ def cnn002(classes: int):
 
 
 def odin_rows(batch: int, repeat: int) -> tuple[dict, dict]:
-  """Forward and ODIN through ncg_jax's CNN002 and through the plain Flax network: seconds per
+  """Forward and ODIN through ncg_jax's CNN002 and through the plain Flax and NCHW lax networks: seconds per
   batch, and model FLOPs (`common.model_flops`) per batch."""
   x = jnp.asarray(np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32))
   model, params = cnn002(9)
@@ -65,6 +67,7 @@ def odin_rows(batch: int, repeat: int) -> tuple[dict, dict]:
   pvars = plain.init(jax.random.key(0), x[:1])
   own_fn = Trained(model, params, {}).logits_fn()
   plain_fn = lambda xx: plain.apply(pvars, xx)
+  lax_fn, x_nchw = plain_lax_cnn002(params), x.transpose(0, 3, 1, 2)
   # ncg_jax's forward as ncg_jax runs it (`Trained.logits_fn()`, `logits_and_features`) and as
   # ODIN's own programs get it: the variables as arguments. The row after it compiles them in
   # as constants, which XLA:CPU runs 3-7% faster on this network (and which can crash
@@ -79,9 +82,12 @@ def odin_rows(batch: int, repeat: int) -> tuple[dict, dict]:
          "ODIN at 2 epsilons (one gradient)": lambda xx: detect.odin(own_fn, xx,
                                                                      epsilon=(0.0014, 0.0028)),
          "plain Flax forward": plain_fwd,
-         "plain Flax ODIN (logits_fn=lambda x: net.apply(v, x))": lambda xx: detect.odin(plain_fn, xx)}
-  flops = {name: model_flops(f, x) for name, f in fns.items()}
-  times = timeit_interleaved({name: functools.partial(f, x) for name, f in fns.items()},
+         "plain Flax ODIN (logits_fn=lambda x: net.apply(v, x))": lambda xx: detect.odin(plain_fn, xx),
+         "plain lax NCHW forward": jax.jit(lax_fn),
+         "plain lax NCHW ODIN": lambda xx: detect.odin(lax_fn, xx)}
+  inputs = {name: x_nchw if name.startswith("plain lax") else x for name in fns}
+  flops = {name: model_flops(f, inputs[name]) for name, f in fns.items()}
+  times = timeit_interleaved({name: functools.partial(f, inputs[name]) for name, f in fns.items()},
                              repeat=max(1, repeat // 2), rounds=4)
   return times, flops
 
@@ -253,11 +259,9 @@ def print_odin(t: dict, flops: dict, batch: int, label: str):
   forward: 3x)."""
   print(row("detector", "images/s", "x its network's forward", "FLOPs x forward"))
   print(row("---", "---", "---", "---"))
-  for own, name in ((True, "forward (logits)"), (True, "forward, variables compiled in"),
-                    (True, "ODIN"), (True, "ODIN at 2 epsilons (one gradient)"),
-                    (False, "plain Flax forward"),
-                    (False, "plain Flax ODIN (logits_fn=lambda x: net.apply(v, x))")):
-    fwd = "forward (logits)" if own else "plain Flax forward"
+  for name in t:
+    fwd = ("plain Flax forward" if name.startswith("plain Flax") else
+           "plain lax NCHW forward" if name.startswith("plain lax") else "forward (logits)")
     print(row(f"{label} {name}", f"{batch / t[name]:,.0f}", f"{t[name] / t[fwd]:.2f}",
               f"{flops[name] / flops[fwd]:.2f}"))
   print(f"\n{label} ODIN x the forward with its variables compiled in: "

@@ -165,6 +165,46 @@ def test_odin_through_a_plain_flax_network_equals_odin_from_xla_gradients():
   assert str(jaxpr).count("scan[") == 1
 
 
+def test_odin_through_an_nchw_lax_network_runs_its_convolutions_and_pools_in_nhwc():
+  """A PyTorch-style `lax` network (NCHW activations, OIHW kernels, `lax.conv`'s defaults):
+  `as_ncg_jax_layers` moves its convolutions and 2 x 2 pools to NHWC and back, so ODIN
+  runs ncg_jax's convolution VJP and pooling backward on it (no `select_and_scatter`); its
+  scores equal ODIN's through the same network written in NHWC, and the rewritten function
+  keeps the network's values and input gradient."""
+  from jax import lax
+  from ncg_jax.models.layers import as_ncg_jax_layers
+  w1, w2 = normal(0, (4, 3, 3, 3)), normal(1, (5, 4, 3, 3))  # OIHW
+  b1, head = normal(2, (4,)), normal(3, (5 * 3 * 3, 6))
+
+  def nchw(x):
+    h = jax.nn.relu(lax.conv(x, w1, (1, 1), "SAME") + b1[None, :, None, None])
+    h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+    h = jnp.tanh(lax.conv_general_dilated(h, w2, (1, 1), ((1, 0), (0, 1))))  # explicit pads
+    return h.reshape(h.shape[0], -1) @ head
+
+  def nhwc(x):  # the same network channel-last: the reference for ODIN's scores
+    dn = ("NHWC", "HWIO", "NHWC")
+    h = jax.nn.relu(lax.conv_general_dilated(x, w1.transpose(2, 3, 1, 0), (1, 1), "SAME",
+                                             dimension_numbers=dn) + b1[None, None, None])
+    h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    h = jnp.tanh(lax.conv_general_dilated(h, w2.transpose(2, 3, 1, 0), (1, 1),
+                                          ((1, 0), (0, 1)), dimension_numbers=dn))
+    return h.transpose(0, 3, 1, 2).reshape(h.shape[0], -1) @ head
+
+  x = uniform(4, (128, 8, 8, 3))
+  xc = jnp.asarray(x.transpose(0, 3, 1, 2))
+  g = as_ncg_jax_layers(nchw)
+  np.testing.assert_allclose(g(xc), nchw(xc), rtol=1e-5, atol=1e-5)
+  total = lambda f: lambda xx: jnp.sum(jnp.sin(f(xx)))
+  np.testing.assert_allclose(jax.grad(total(g))(xc), jax.grad(total(nchw))(xc), rtol=1e-4,
+                             atol=1e-5)
+  assert str(jax.make_jaxpr(g)(xc)).count("custom_vjp_call") == 2  # both convolutions
+  np.testing.assert_allclose(detect.odin(nchw, xc), detect.odin(nhwc, jnp.asarray(x)), rtol=1e-6)
+  hlo = gradients._odin_direction.lower(as_partial(nchw), xc, 1000.0, jnp.float32(1.0)).as_text()
+  assert "select_and_scatter" not in hlo
+  assert "select_and_scatter" in jax.jit(jax.grad(total(nchw))).lower(xc).as_text()
+
+
 def test_as_partial_says_once_when_a_function_holds_arrays_jit_compiles_in(capsys):
   """A function reading 1 MiB of arrays from its closure, its globals or a functools.partial
   gets one line on stderr (jaxlib 0.10.2's XLA:CPU crashes on some such programs); the same

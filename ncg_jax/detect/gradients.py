@@ -42,7 +42,8 @@ def _odin_direction(logits_fn, x, temperature, input_std):
 @jax.jit
 def _perturbed_msp(logits_fn, x, direction, temperature, epsilon):
   x_perturbed = x - epsilon * direction
-  return jnp.max(jax.nn.softmax(logits_fn(x_perturbed) / temperature, axis=-1), axis=-1)
+  logits = as_ncg_jax_layers(logits_fn)(x_perturbed)  # as the gradient's (NCHW nets: NHWC)
+  return jnp.max(jax.nn.softmax(logits / temperature, axis=-1), axis=-1)
 
 
 def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon=0.0014, input_std=1.0):
@@ -60,7 +61,9 @@ def odin(logits_fn, x, *, temperature: float = 1000.0, epsilon=0.0014, input_std
   benchmarks.detect`). With a non-unit `input_std`, x - epsilon * direction can differ in its
   last bit from the form before this split (XLA:CPU contracts it into a fused multiply-add in
   one program and not in the other); with std 1, what ncg_jax's models use, it is exact.
-  The gradient runs through `models.layers.as_ncg_jax_layers(logits_fn)`: a user network's
+  The gradient and the scoring forward run through `models.layers.as_ncg_jax_layers(logits_fn)`
+  (NCHW networks' convolutions and pools in NHWC; a plain Flax network's scores bitwise
+  those of `logits_fn` itself, CNN002 at batch 256): a user network's
   `nn.max_pool(x, (2, 2), (2, 2))` differentiates as an elementwise select instead of
   XLA:CPU's scalar `select_and_scatter` (same values; at an exact tie inside a window the
   gradient is shared by the tied elements instead of going to the first, so the direction

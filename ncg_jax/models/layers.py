@@ -322,8 +322,8 @@ def batch_norm(train: bool, dtype, name: str | None = None) -> nn.Module:
 
 def _pool_by_reshape(x, window, strides, padding, base_dilation, window_dilation):
   """reduce_window max as slice + reshape + max where windows tile the input (window =
-  stride, no padding or dilation; NHWC 2 x 2 windows through `max_pool_2x2`); None where they
-  do not."""
+  stride, no padding or dilation; 2 x 2 windows of a 4-D array through `max_pool_2x2`, the
+  pooled axes moved to NHWC's places and back, e.g. NCHW's); None where they do not."""
   if (tuple(window) != tuple(strides) or any(p != (0, 0) for p in padding)
       or any(d != 1 for d in (*base_dilation, *window_dilation))):
     return None
@@ -331,6 +331,11 @@ def _pool_by_reshape(x, window, strides, padding, base_dilation, window_dilation
   x = x[keep]
   if tuple(window) == (1, 2, 2, 1):
     return max_pool_2x2(x)
+  pooled = [a for a, k in enumerate(window) if k > 1]
+  if x.ndim == 4 and sorted(window) == [1, 1, 2, 2] and pooled[0] > 0:
+    rest = [a for a in range(4) if a not in pooled]  # batch first, the other axis last
+    to_nhwc = (rest[0], *pooled, rest[1])
+    return max_pool_2x2(x.transpose(to_nhwc)).transpose(tuple(to_nhwc.index(a) for a in range(4)))
   split, axes = [], []
   for n, k in zip(x.shape, window):
     if k > 1:
@@ -356,14 +361,28 @@ def _conv_as_conv2d(x, w, *, window_strides, padding, lhs_dilation, rhs_dilation
                     dimension_numbers, feature_group_count, batch_group_count, precision,
                     preferred_element_type, **_):
   """A `conv_general_dilated` as `conv2d_for_backend` where that is the same convolution;
-  None elsewhere."""
-  if (x.ndim != 4 or dimension_numbers != _NHWC_HWIO or feature_group_count != 1
+  None elsewhere. Other 2-D layouts than NHWC/HWIO (`lax.conv`'s NCHW/OIHW, a PyTorch port's)
+  are transposed to it and the output back: same values, and the transposes of consecutive
+  layers are XLA's to fold."""
+  dn = dimension_numbers
+  if (x.ndim != 4 or feature_group_count != 1
       or batch_group_count != 1 or precision != _default_conv_precision()
       or preferred_element_type is not None
       or any(s != 1 for s in (*window_strides, *lhs_dilation, *rhs_dilation))
       or x.dtype != jnp.float32 or w.dtype != jnp.float32
       or any(p < 0 for pair in padding for p in pair)):
     return None
+  if dn != _NHWC_HWIO:  # spatial dims keep their order: padding pairs stay with them
+    (n, c, sy, sx), (o, i, ky, kx), out = dn.lhs_spec, dn.rhs_spec, dn.out_spec
+    y = _conv_as_conv2d(x.transpose(n, sy, sx, c), w.transpose(ky, kx, i, o),
+                        window_strides=window_strides, padding=padding,
+                        lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                        dimension_numbers=_NHWC_HWIO, feature_group_count=1,
+                        batch_group_count=1, precision=precision, preferred_element_type=None)
+    to_out = [0] * 4  # y is (batch, spatial 0, spatial 1, feature)
+    for logical, axis in zip((0, 3, 1, 2), out):
+      to_out[axis] = logical
+    return y.transpose(to_out)
   kh, kw = w.shape[:2]
   if all(p == (0, 0) for p in padding):
     return conv2d_for_backend(x, w, "VALID")
@@ -413,6 +432,11 @@ def as_ncg_jax_layers(fn):
     SAME applied to the input first: the custom VJP on the CPU (its input gradient keeps a
     canonical layout where the kernel is a loop constant), XLA's convolution elsewhere;
     equal up to float rounding.
+  - Convolutions in other 2-D layouts (PyTorch's NCHW/OIHW, `lax.conv`'s default) and 2 x 2
+    pools over other axes than NHWC's transposed to NHWC, rewritten as above, and
+    transposed back; XLA folds the transposes between consecutive layers. Through CNN002
+    written as NCHW `lax` on the 2-core VM: ODIN 218 -> 3,871 img/s, PGD-10 at batch 128
+    6.2 -> 0.89 s (`benchmarks/RESULTS.md`).
   Applied to the user functions whose input gradients ncg_jax takes (ODIN, Mahalanobis
   preprocessing, the attacks); ncg_jax's own models already have these forms, so their
   programs do not change. Applying it twice returns the first wrapper."""

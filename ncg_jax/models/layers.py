@@ -322,8 +322,9 @@ def batch_norm(train: bool, dtype, name: str | None = None) -> nn.Module:
 
 def _pool_by_reshape(x, window, strides, padding, base_dilation, window_dilation):
   """reduce_window max as slice + reshape + max where windows tile the input (window =
-  stride, no padding or dilation; 2 x 2 windows of a 4-D array through `max_pool_2x2`, the
-  pooled axes moved to NHWC's places and back, e.g. NCHW's); None where they do not."""
+  stride, no padding or dilation; 2 x 2 windows of a 4-D array through `max_pool_2x2`, on
+  the CPU with the pooled axes moved to NHWC's places and back, e.g. NCHW's); None where
+  they do not."""
   if (tuple(window) != tuple(strides) or any(p != (0, 0) for p in padding)
       or any(d != 1 for d in (*base_dilation, *window_dilation))):
     return None
@@ -332,7 +333,8 @@ def _pool_by_reshape(x, window, strides, padding, base_dilation, window_dilation
   if tuple(window) == (1, 2, 2, 1):
     return max_pool_2x2(x)
   pooled = [a for a, k in enumerate(window) if k > 1]
-  if x.ndim == 4 and sorted(window) == [1, 1, 2, 2] and pooled[0] > 0:
+  if (x.ndim == 4 and sorted(window) == [1, 1, 2, 2] and pooled[0] > 0
+      and jax.default_backend() == "cpu"):  # elsewhere the reshape form below
     rest = [a for a in range(4) if a not in pooled]  # batch first, the other axis last
     to_nhwc = (rest[0], *pooled, rest[1])
     return max_pool_2x2(x.transpose(to_nhwc)).transpose(tuple(to_nhwc.index(a) for a in range(4)))
@@ -373,6 +375,8 @@ def _conv_as_conv2d(x, w, *, window_strides, padding, lhs_dilation, rhs_dilation
       or any(p < 0 for pair in padding for p in pair)):
     return None
   if dn != _NHWC_HWIO:  # spatial dims keep their order: padding pairs stay with them
+    if jax.default_backend() != "cpu":  # elsewhere XLA's own convolution in any layout
+      return None
     (n, c, sy, sx), (o, i, ky, kx), out = dn.lhs_spec, dn.rhs_spec, dn.out_spec
     y = _conv_as_conv2d(x.transpose(n, sy, sx, c), w.transpose(ky, kx, i, o),
                         window_strides=window_strides, padding=padding,
@@ -432,9 +436,9 @@ def as_ncg_jax_layers(fn):
     SAME applied to the input first: the custom VJP on the CPU (its input gradient keeps a
     canonical layout where the kernel is a loop constant), XLA's convolution elsewhere;
     equal up to float rounding.
-  - Convolutions in other 2-D layouts (PyTorch's NCHW/OIHW, `lax.conv`'s default) and 2 x 2
-    pools over other axes than NHWC's transposed to NHWC, rewritten as above, and
-    transposed back; XLA folds the transposes between consecutive layers. Through CNN002
+  - On the CPU, convolutions in other 2-D layouts (PyTorch's NCHW/OIHW, `lax.conv`'s
+    default) and 2 x 2 pools over other axes than NHWC's transposed to NHWC, rewritten as
+    above, and transposed back; XLA folds the transposes between consecutive layers. Through CNN002
     written as NCHW `lax` on the 2-core VM: ODIN 218 -> 3,871 img/s, PGD-10 at batch 128
     6.2 -> 0.89 s (`benchmarks/RESULTS.md`).
   Applied to the user functions whose input gradients ncg_jax takes (ODIN, Mahalanobis

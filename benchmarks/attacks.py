@@ -1,7 +1,8 @@
 """Attack and robust-training throughput on CNN002, each also as a multiple of one
 forward+backward pass (gradient w.r.t. the parameters) of the same batch. The attacks are
-also timed on the same network written in plain Flax (`nn.Conv`, `nn.max_pool`) and passed
-as a function, as a notebook user would. Each workload also as model FLOPs per image
+also timed on the same network written in plain Flax (`nn.Conv`, `nn.max_pool`) and in plain
+`lax` with PyTorch's NCHW/OIHW layout (`common.plain_lax_cnn002`), each passed as a function,
+as a notebook user would. Each workload also as model FLOPs per image
 (`common.model_flops`; not for CW-L2, whose early-abort `while` loop `model_flops` counts
 once) and as its FLOP rate against a float32 2048 x 2048 matmul timed in alternation with it
 (how near the machine's attainable matrix rate it runs).
@@ -15,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import (MatmulReference, PlainCNN002, TrainSteps, model_flops, row, setting,
-                               timeit_interleaved)
+from benchmarks.common import (MatmulReference, PlainCNN002, TrainSteps, model_flops,
+                               plain_lax_cnn002, row, setting, timeit_interleaved)
 from ncg_jax import models
 from ncg_jax.attacks import cw_l2, pgd
 from ncg_jax.train import losses
@@ -55,13 +56,16 @@ def main():
   attack = losses.AttackConfig()
   pgd_fn = jax.jit(lambda f, x, y, key: pgd(f, x, y, eps=attack.eps, norm="l2", steps=10,
                                             step_size=attack.alpha, key=key))
-  cw = lambda f: lambda: cw_l2(f, x, y, binary_search_steps=1, max_iterations=args.cw_iterations,
-                               abort_early=False, batch_size=b)
+  cw = lambda f, xx: lambda: cw_l2(f, xx, y, binary_search_steps=1,
+                                   max_iterations=args.cw_iterations, abort_early=False,
+                                   batch_size=b)
   cw_name = f"CW-L2, one binary step of {args.cw_iterations} iterations"
-  for label, f in (("", logits_fn), (", plain Flax network", plain_fn)):
-    measure("PGD-10 (L2)" + label, lambda: pgd_fn(f, x, y, jax.random.key(0)),
-            model_flops(pgd_fn, f, x, y, jax.random.key(0)))
-    measure(cw_name + label, cw(f), repeat=1)
+  for label, f, xx in (("", logits_fn, x), (", plain Flax network", plain_fn, x),
+                       (", plain lax NCHW network", jax.tree_util.Partial(plain_lax_cnn002(params)),
+                        x.transpose(0, 3, 1, 2))):
+    measure("PGD-10 (L2)" + label, lambda: pgd_fn(f, xx, y, jax.random.key(0)),
+            model_flops(pgd_fn, f, xx, y, jax.random.key(0)))
+    measure(cw_name + label, cw(f, xx), repeat=1)
   tx = optax.sgd(0.01, momentum=0.9)
   for name in ("ce", "trades6", "advce"):
     step = make_train_step(model, losses.make_loss(name, attack), tx)

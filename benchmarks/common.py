@@ -45,7 +45,7 @@ def plain_lax_cnn002(params):
         h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
     h = h.transpose(0, 2, 3, 1).reshape(h.shape[0], -1)
     for i, (w, b) in enumerate(dense):
-      h = h @ w + b
+      h = h @ w + b[None]
       h = jax.nn.relu(h) if i < 2 else h
     return h
   return net

@@ -1,5 +1,6 @@
 """`benchmarks.common.model_flops`, the FLOP count behind the GPU benchmarks' MFU, against
-closed forms and a brute-force count of the multiply-adds that touch a real input."""
+closed forms and a brute-force count of the multiply-adds that touch a real input; and the
+plain networks the benchmarks time beside ncg_jax's CNN002."""
 import itertools
 
 import jax
@@ -45,3 +46,20 @@ def test_loops_count_every_iteration_and_dead_code_none():
   body = lambda i, v: v @ w
   assert model_flops(lambda v: lax.fori_loop(0, 10, body, v), jnp.ones((4, 16))) == 10 * 2 * 4 * 16 * 16
   assert model_flops(lambda v: (v @ w, v)[1], jnp.ones((4, 16))) == 0
+
+
+def test_the_benchmarks_plain_networks_are_ncg_jax_cnn002():
+  """The plain Flax and NCHW `lax` CNN002s the benchmarks time beside ncg_jax's: the `lax`
+  one with ncg_jax's weights gives its logits; the Flax one has its parameter shapes."""
+  from benchmarks.common import PlainCNN002, plain_lax_cnn002
+  from ncg_jax import models
+  model = models.create("cnn002", 9)
+  x = jnp.asarray(np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32))
+  params, _ = models.init(model, jax.random.key(0), x[:1])
+  params["head"]["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), (200, 9))
+  ours = model.apply({"params": params}, x)[0]
+  np.testing.assert_allclose(plain_lax_cnn002(params)(x.transpose(0, 3, 1, 2)), ours,
+                             rtol=1e-4, atol=1e-5)
+  plain = PlainCNN002(9).init(jax.random.key(0), x[:1])["params"]
+  assert sorted(a.shape for a in jax.tree.leaves(plain)) == sorted(
+      a.shape for a in jax.tree.leaves(params))

@@ -55,7 +55,8 @@ def setting() -> str:
   state = xla_cpu.configure()
   cpu = xla_cpu.host_cpu()
   return (f"host CPU: {cpu['model']} ({cpu.get('vendor', '')} family {cpu.get('family', '')} "
-          f"model {cpu.get('model_number', '')}, {cpu.get('vector', '')}, {cpu.get('cpus', '')} CPUs)\n"
+          f"model {cpu.get('model_number', '')}, {cpu.get('vector', '')}, "
+          f"{cpu.get('cpus', '')} CPUs)\n"
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; ncg_jax CPU settings: "
           + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in state.items()))
 

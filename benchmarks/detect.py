@@ -59,8 +59,8 @@ def cnn002(classes: int):
 
 
 def odin_rows(batch: int, repeat: int) -> tuple[dict, dict]:
-  """Forward and ODIN through ncg_jax's CNN002 and through the plain Flax and NCHW lax networks: seconds per
-  batch, and model FLOPs (`common.model_flops`) per batch."""
+  """Forward and ODIN through ncg_jax's CNN002 and through the plain Flax and NCHW `lax`
+  networks: seconds per batch, and model FLOPs (`common.model_flops`) per batch."""
   x = jnp.asarray(np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32))
   model, params = cnn002(9)
   plain = PlainCNN002()

@@ -63,7 +63,8 @@ def test_ncg_end_to_end_and_reproducible(data_dir, tmp_path):
         assert 0 <= r["uniform_noise"]["ncg"] <= 1 and r["train_accuracy"] > 0
   a, b = results
   assert a["flags"]["seed"] == 0 and a["versions"]["jax"] and a["versions"]["jaxlib"]
-  assert a["versions"]["host_cpu"]["cpus"] >= 1 and "conv_flag" in a["versions"]["ncg_jax_cpu_settings"]
+  machine = a["versions"]
+  assert machine["host_cpu"]["cpus"] >= 1 and "conv_flag" in machine["ncg_jax_cpu_settings"]
   for by_run in a["spaces"].values():  # what only the robust evaluation adds
     for r in by_run.values():
       r.pop("robust")

@@ -438,9 +438,9 @@ def as_ncg_jax_layers(fn):
     equal up to float rounding.
   - On the CPU, convolutions in other 2-D layouts (PyTorch's NCHW/OIHW, `lax.conv`'s
     default) and 2 x 2 pools over other axes than NHWC's transposed to NHWC, rewritten as
-    above, and transposed back; XLA folds the transposes between consecutive layers. Through CNN002
-    written as NCHW `lax` on the 2-core VM: ODIN 218 -> 3,871 img/s, PGD-10 at batch 128
-    6.2 -> 0.89 s (`benchmarks/RESULTS.md`).
+    above, and transposed back; XLA folds the transposes between consecutive layers.
+    Through CNN002 written as NCHW `lax` on the 2-core Intel VM: ODIN 218 -> 3,871 img/s,
+    PGD-10 at batch 128 6.2 -> 0.89 s (`benchmarks/RESULTS.md`).
   Applied to the user functions whose input gradients ncg_jax takes (ODIN, Mahalanobis
   preprocessing, the attacks); ncg_jax's own models already have these forms, so their
   programs do not change. Applying it twice returns the first wrapper."""

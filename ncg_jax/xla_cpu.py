@@ -117,18 +117,20 @@ _VECTOR_FLAGS = ("avx512f", "avx2", "avx", "sse4_2", "sve", "asimd")
 def host_cpu(cpuinfo: str | None = None) -> dict:
   """The host CPU as Linux's /proc/cpuinfo describes it (`cpuinfo`: its text, read when None):
   vendor, model name, family and model numbers, the widest vector extension, and the
-  logical CPUs this process may use; {"model": platform.processor()} elsewhere.
+  logical CPUs this process may use; elsewhere (no /proc/cpuinfo) the model as
+  `platform.processor()` gives it and the CPUs.
 
   Results record it (`experiments.common.versions`) because the robust trainings' figures
   depend on the CPU: the same code and seed gave `make demo`'s TRADES pixel NCG 0.633 on an
   AMD EPYC (AVX2) and 0.622 on an Intel Xeon with AVX-512 (README, "Measured")."""
   import platform
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   if cpuinfo is None:
     try:
       with open("/proc/cpuinfo") as f:
         cpuinfo = f.read()
     except OSError:
-      return {"model": platform.processor() or platform.machine()}
+      return {"model": platform.processor() or platform.machine(), "cpus": cores}
   fields: dict[str, str] = {}
   for line in cpuinfo.splitlines():
     key, sep, value = line.partition(":")
@@ -138,7 +140,6 @@ def host_cpu(cpuinfo: str | None = None) -> dict:
       continue
     fields.setdefault(key.strip(), value.strip())
   flags = set((fields.get("flags") or fields.get("Features") or "").split())
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return {"vendor": fields.get("vendor_id", fields.get("CPU implementer", "")),
           "model": fields.get("model name", platform.processor() or platform.machine()),
           "family": fields.get("cpu family", ""), "model_number": fields.get("model", ""),

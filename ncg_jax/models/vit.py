@@ -29,10 +29,14 @@ class SelfAttention(nn.Module):
   def __call__(self, x_BxTxD):
     b, t, d = x_BxTxD.shape
     qkv = nn.Dense(3 * d, dtype=self.dtype, name="in_proj")(x_BxTxD)
-    q, k, v = (a.reshape(b, t, self.heads, d // self.heads) for a in jnp.split(qkv, 3, axis=-1))
-    logits_BxHxTxT = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // self.heads).astype(self.dtype)
+    # heads made the leading batch axis before the products: XLA:CPU's fused attention ran
+    # ViT-B/16's forward 0.88x the time of the per-token layout ("bqhd,bkhd->bhqk"), logits
+    # within 2e-6 (batch 4, the 2-core Intel VM, `benchmarks/RESULTS.md`)
+    q, k, v = (a.reshape(b, t, self.heads, d // self.heads).transpose(0, 2, 1, 3)
+               for a in jnp.split(qkv, 3, axis=-1))
+    logits_BxHxTxT = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(d // self.heads).astype(self.dtype)
     attn = jax.nn.softmax(logits_BxHxTxT.astype(jnp.float32), axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, t, d)
+    out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3).reshape(b, t, d)
     return nn.Dense(d, dtype=self.dtype, name="out_proj")(out)
 
 

@@ -1,10 +1,10 @@
 """Forward images/s of imported ImageNet classifiers beside PyTorch with the same weights.
 
-python -m benchmarks.pretrained [--models vit_b_16,bit_s_r101x1] [--batch 4] [--repeat 3]
+python -m benchmarks.pretrained [--models vit_b_16,bit_s_r101x1,resnet50] [--batch 4] [--repeat 3]
                                 [--precision float32|bfloat16]
 
 For each architecture a PyTorch twin with random weights (`tests/torch_twins.py`, the keys of
-torchvision's ViT-B/16 and of BiT's PyTorch port) is imported with
+torchvision's ViT-B/16 and ResNet-50 and of BiT's PyTorch port) is imported with
 `ncg_jax.models.import_weights`, and both run eval-mode logits of the same 224x224 batch:
 ncg_jax jit-compiled (uint8 -> [0, 1] inside), PyTorch under `inference_mode` (bfloat16
 autocast with --precision=bfloat16) in two memory formats, as written (NCHW) and
@@ -27,12 +27,14 @@ def twin(name: str):
     return tw.ViT(224, 16, 768, 12, 12, 3072, 1000), "torchvision"
   if name == "bit_s_r101x1":
     return tw.ResNetV2((3, 4, 23, 3), 64, 1000), "bit"
-  raise SystemExit(f"unknown model {name}; choose vit_b_16 or bit_s_r101x1")
+  if name == "resnet50":
+    return tw.TvResNet(tw.TvBottleneck, (3, 4, 6, 3), 1000), "torchvision"
+  raise SystemExit(f"unknown model {name}; choose vit_b_16, bit_s_r101x1 or resnet50")
 
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--models", default="vit_b_16,bit_s_r101x1")
+  ap.add_argument("--models", default="vit_b_16,bit_s_r101x1,resnet50")
   ap.add_argument("--batch", type=int, default=4)
   ap.add_argument("--repeat", type=int, default=3)
   ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])

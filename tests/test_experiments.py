@@ -62,8 +62,8 @@ def test_ncg_end_to_end_and_reproducible(data_dir, tmp_path):
         assert rob["any"] <= min(rob["pgd"], rob["apgd_ce"], rob["apgd_dlr"])
         assert 0 <= r["uniform_noise"]["ncg"] <= 1 and r["train_accuracy"] > 0
   a, b = results
-  assert a["flags"]["seed"] == 0 and a["versions"]["jax"] and a["versions"]["jaxlib"]
   machine = a["versions"]
+  assert a["flags"]["seed"] == 0 and machine["jax"] and machine["jaxlib"]
   assert machine["host_cpu"]["cpus"] >= 1 and "conv_flag" in machine["ncg_jax_cpu_settings"]
   for by_run in a["spaces"].values():  # what only the robust evaluation adds
     for r in by_run.values():

@@ -374,19 +374,22 @@ def _conv_as_conv2d(x, w, *, window_strides, padding, lhs_dilation, rhs_dilation
       or x.dtype != jnp.float32 or w.dtype != jnp.float32
       or any(p < 0 for pair in padding for p in pair)):
     return None
-  if dn != _NHWC_HWIO:  # spatial dims keep their order: padding pairs stay with them
-    if jax.default_backend() != "cpu":  # elsewhere XLA's own convolution in any layout
-      return None
-    (n, c, sy, sx), (o, i, ky, kx), out = dn.lhs_spec, dn.rhs_spec, dn.out_spec
-    y = _conv_as_conv2d(x.transpose(n, sy, sx, c), w.transpose(ky, kx, i, o),
-                        window_strides=window_strides, padding=padding,
-                        lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                        dimension_numbers=_NHWC_HWIO, feature_group_count=1,
-                        batch_group_count=1, precision=precision, preferred_element_type=None)
-    to_out = [0] * 4  # y is (batch, spatial 0, spatial 1, feature)
-    for logical, axis in zip((0, 3, 1, 2), out):
-      to_out[axis] = logical
-    return y.transpose(to_out)
+  if dn == _NHWC_HWIO:
+    return _padded_conv2d(x, w, padding)
+  if jax.default_backend() != "cpu":  # elsewhere XLA's own convolution in any layout
+    return None
+  # spatial dims keep their order, so the padding pairs stay with them
+  (n, c, sy, sx), (o, i, ky, kx), out = dn.lhs_spec, dn.rhs_spec, dn.out_spec
+  y = _padded_conv2d(x.transpose(n, sy, sx, c), w.transpose(ky, kx, i, o), padding)
+  to_out = [0] * 4  # y is (batch, spatial 0, spatial 1, feature)
+  for logical, axis in zip((0, 3, 1, 2), out):
+    to_out[axis] = logical
+  return y.transpose(to_out)
+
+
+def _padded_conv2d(x, w, padding):
+  """An NHWC/HWIO stride-1 convolution with explicit non-negative `padding` pairs as
+  `conv2d_for_backend`: 'VALID', 'SAME', or the input padded first."""
   kh, kw = w.shape[:2]
   if all(p == (0, 0) for p in padding):
     return conv2d_for_backend(x, w, "VALID")

@@ -1,6 +1,7 @@
 """`benchmarks.common.model_flops`, the FLOP count behind the GPU benchmarks' MFU, against
 closed forms and a brute-force count of the multiply-adds that touch a real input; and the
-plain networks the benchmarks time beside ncg_jax's CNN002."""
+plain networks the benchmarks time beside ncg_jax's CNN002; the per-layer
+convolution benchmark's two frameworks on the same arrays."""
 import itertools
 
 import jax
@@ -63,3 +64,18 @@ def test_the_benchmarks_plain_networks_are_ncg_jax_cnn002():
   plain = PlainCNN002(9).init(jax.random.key(0), x[:1])["params"]
   assert sorted(a.shape for a in jax.tree.leaves(plain)) == sorted(
       a.shape for a in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv2", "conv4"])
+def test_conv_layers_benchmark_times_the_same_convolutions_in_both_frameworks(layer):
+  """`benchmarks.conv_layers` compares ncg_jax's three convolutions of a layer with PyTorch's
+  channels-last ones: both must compute the same arrays, in the same layout once converted."""
+  from benchmarks import conv_layers
+  size, c_in, c_out = conv_layers.CNN002_CONVS[layer]
+  x, w, dy = conv_layers.layer_arrays(np.random.default_rng(1), 2, size, c_in, c_out)
+  mine, theirs = conv_layers.jax_passes(x, w, dy), conv_layers.torch_passes(x, w, dy)
+  for p in conv_layers.PASSES:
+    want = np.asarray(mine[p]())
+    got = conv_layers.torch_result_as_nhwc(p, theirs[p]())
+    assert got.shape == want.shape, p
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(), err_msg=p)

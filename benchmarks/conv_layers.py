@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import MatmulReference, row, setting, timeit_interleaved
+from benchmarks.common import MatmulReference, model_flops, row, setting, timeit_interleaved
 from ncg_jax.models import layers
 
 # CNN002 on 28 x 28 x 1 images: (input height = width, input channels, output channels)
@@ -84,7 +84,8 @@ def main():
   totals = {p: [0.0, 0.0] for p in PASSES}
   for name, (size, c_in, c_out) in CNN002_CONVS.items():
     x, w, dy = layer_arrays(rng, args.batch, size, c_in, c_out)
-    flops = 2.0 * args.batch * (size - 2) ** 2 * 9 * c_in * c_out
+    # each of the three passes does the forward's multiply-adds
+    flops = model_flops(lambda x, w: layers._conv(x, w, "VALID"), x, w)
     mine, theirs = jax_passes(x, w, dy), torch_passes(x, w, dy)
     for p in PASSES:
       ref = np.asarray(mine[p]())
